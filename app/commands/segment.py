@@ -1,0 +1,16 @@
+"""``sd-fsmis segment``: being written (see its issue)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("segment", help="(not available yet)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.errors import UserError
+
+    raise UserError("'segment' is not available yet")

@@ -1,0 +1,58 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename it into place.
+
+A crash, a cancelled job or a full disk leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _suffixes(path: Path) -> str:
+    """The file's extension including double ones such as ``.nii.gz`` (writers choose by extension)."""
+    name = path.name
+    for double in (".nii.gz", ".tar.gz"):
+        if name.lower().endswith(double):
+            return name[-len(double) :]
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto ``target`` if the block succeeds.
+
+    The temporary file keeps the target's extension so that writers that pick a format by extension
+    (SimpleITK, nibabel) write the right one. On any exception the temporary file is removed and the
+    target is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``target`` atomically."""
+    atomic_write_bytes(target, text.encode(encoding))

@@ -11,7 +11,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHAOS_DIR = PROJECT_ROOT.parent / "shared" / "data" / "chaos-t2"
-#: CHAOS ids, sorted as integers (fold k = sorted positions 4k..4k+3, fold 4: 16..19 and 0).
+#: CHAOS ids, sorted as integers (fold k = sorted positions 4k..4k+4, fold 4: 16..19 and 0).
 CHAOS_IDS = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)
 
 

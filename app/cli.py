@@ -84,7 +84,9 @@ def _dispatch(run, args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
     except MemoryError:
         log.exception("out of memory")
-        print("sd-fsmis: error: out of memory (try a smaller --batch-size or another device)", file=sys.stderr)
+        print(
+            "sd-fsmis: error: out of memory (try a smaller --batch-size or another device)", file=sys.stderr
+        )
         return 1
     except OSError as exc:
         # A full disk or a permission problem while writing: a user-level problem, not a bug.

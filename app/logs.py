@@ -9,7 +9,7 @@ from pathlib import Path
 from sd_fsmis.paths import log_dir
 
 LOG_FILE_NAME = "sd-fsmis.log"
-_configured = False
+_handlers: list[logging.Handler] = []
 
 
 def log_file() -> Path:
@@ -17,11 +17,15 @@ def log_file() -> Path:
 
 
 def setup_logging(verbose: bool = False) -> Path | None:
-    """Send the ``sd_fsmis`` loggers to a rotating file (5 x 2 MB); return its path, or None if unwritable."""
-    global _configured
+    """Send the ``sd_fsmis`` loggers to a rotating file (5 x 2 MB); return its path, or None if unwritable.
+
+    Calling it again replaces the handlers it added before (the log folder may have changed).
+    """
     root = logging.getLogger("sd_fsmis")
-    if _configured:
-        return log_file()
+    for old in _handlers:
+        root.removeHandler(old)
+        old.close()
+    _handlers.clear()
     root.setLevel(logging.DEBUG)
     path: Path | None = log_file()
     try:
@@ -34,11 +38,15 @@ def setup_logging(verbose: bool = False) -> Path | None:
         )
         handler.setLevel(logging.DEBUG)
         root.addHandler(handler)
+        _handlers.append(handler)
     except OSError:
         path = None  # a read-only home must not stop the application
     console = logging.StreamHandler()
     console.setLevel(logging.DEBUG if verbose else logging.WARNING)
     console.setFormatter(logging.Formatter("sd-fsmis: %(levelname)s: %(message)s"))
+    if not verbose:
+        # Tracebacks go to the log file only; the CLI prints its own one-line message.
+        console.addFilter(lambda record: not record.exc_info)
     root.addHandler(console)
-    _configured = True
+    _handlers.append(console)
     return path

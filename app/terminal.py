@@ -19,8 +19,15 @@ def progress_bar(description: str, unit: str = "slice") -> Iterator[ProgressCall
     def callback(p: Progress) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=p.total, desc=description, unit=unit, file=sys.stderr,
-                       disable=not sys.stderr.isatty(), leave=True, dynamic_ncols=True)
+            bar = tqdm(
+                total=p.total,
+                desc=description,
+                unit=unit,
+                file=sys.stderr,
+                disable=not sys.stderr.isatty(),
+                leave=True,
+                dynamic_ncols=True,
+            )
         if p.total != bar.total:
             bar.total = p.total
         bar.update(p.done - bar.n)

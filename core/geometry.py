@@ -48,7 +48,9 @@ class Geometry:
         )
 
     @classmethod
-    def identity(cls, shape: tuple[int, int, int], spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Geometry:
+    def identity(
+        cls, shape: tuple[int, int, int], spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ) -> Geometry:
         """A grid for a numpy ``shape`` (z, y, x) at the origin with identity direction."""
         z, y, x = shape
         return cls(

@@ -31,7 +31,7 @@ def check_readable_file(path: str | os.PathLike[str]) -> Path:
 
 
 def read_image(path: str | os.PathLike[str], pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
-    """Read an image file (NIfTI, a single DICOM, ...) with SimpleITK; errors become :class:`StudyReadError`."""
+    """Read an image file (NIfTI, one DICOM, ...) with SimpleITK; errors become :class:`StudyReadError`."""
     p = check_readable_file(path)
     try:
         return sitk.ReadImage(str(p), pixel_type)

@@ -65,7 +65,9 @@ class SegmentationRequest:
 
     @property
     def slice_indices(self) -> list[int]:
-        return list(range(self.query.shape[0])) if self.slices is None else sorted(int(s) for s in self.slices)
+        return (
+            list(range(self.query.shape[0])) if self.slices is None else sorted(int(s) for s in self.slices)
+        )
 
     def supports_for(self, slice_index: int) -> list[int]:
         """Indices of the support examples that serve ``slice_index``."""

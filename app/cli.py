@@ -10,8 +10,10 @@ User mistakes raise :class:`~sd_fsmis.core.errors.UserError`: one line on stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -82,6 +84,11 @@ def _dispatch(run, args: argparse.Namespace) -> int:
     except (JobCancelled, KeyboardInterrupt):
         print("sd-fsmis: cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except MemoryError:
         log.exception("out of memory")
         print(

@@ -12,6 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import (changing the umask is process-wide and not thread-safe).
+_UMASK = _current_umask()
+
+
 def _suffixes(path: Path) -> str:
     """The file's extension including double ones such as ``.nii.gz`` (writers choose by extension)."""
     name = path.name
@@ -36,6 +46,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the file the mode a plain open() would (or the replaced file's mode).
+    try:
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
+    except OSError:
+        pass
     try:
         yield tmp
         with open(tmp, "rb+") as f:

@@ -71,6 +71,7 @@ def make_support_examples(
     from_query: bool = False,
     source: str = "",
     label_name: str = "the label",
+    spacing_yx: tuple[float, float] = (1.0, 1.0),
 ) -> list[SupportExample]:
     """Support examples from slices of a normalised volume ``[Z, H, W]`` and its binary mask.
 
@@ -102,6 +103,7 @@ def make_support_examples(
                 position=relative_position(s, labelled),
                 from_query=from_query,
                 source=source,
+                spacing_yx=spacing_yx,
             )
         )
     return examples

@@ -41,6 +41,18 @@ def chaos_label(chaos: Path, case_id: int) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chaos_image_path(chaos_dir):
+    """``chaos_image_path(5)``: the CHAOS image of patient 5 (read in place)."""
+    return lambda case_id: chaos_image(chaos_dir, case_id)
+
+
+@pytest.fixture(scope="session")
+def chaos_label_path(chaos_dir):
+    """``chaos_label_path(5)``: the CHAOS label map of patient 5 (read in place)."""
+    return lambda case_id: chaos_label(chaos_dir, case_id)
+
+
+@pytest.fixture(scope="session")
 def pydicom_file():
     """``pydicom_file("CT_small.dcm")``: the path of one of pydicom's bundled test files."""
     from pydicom.data import get_testdata_file

@@ -34,6 +34,8 @@ class SupportExample:
     from_query: bool = False
     #: where it came from, for provenance (path, series uid)
     source: str = ""
+    #: in-plane pixel spacing ``(row, column)`` in mm of the support's volume (physical-space engines use it)
+    spacing_yx: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.mask.shape != self.image.shape:

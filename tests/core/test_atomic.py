@@ -24,3 +24,13 @@ def test_failure_keeps_old_file_and_leaves_no_temporary(tmp_path):
         raise OSError(28, "No space left on device")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["mask.nii.gz"]
+
+
+def test_new_files_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

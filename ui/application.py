@@ -12,8 +12,12 @@ from sd_fsmis import __version__
 
 def run_application(paths: list[str] | None = None, demo: bool = False, self_test: bool = False) -> int:
     """Create the QApplication and the main window; return the exit code."""
-    import pyqtgraph as pg
     from PySide6 import QtWidgets
+
+    from sd_fsmis.ui.pyside_fixes import protect_singletons
+
+    protect_singletons()
+    import pyqtgraph as pg
 
     pg.setConfigOptions(imageAxisOrder="row-major")
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])

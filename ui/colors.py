@@ -1,0 +1,60 @@
+"""Colours of the slice viewer: label defaults, the confusion overlay, crosshair and brush cursor.
+
+Confusion colours follow the Okabe & Ito (2008) palette, chosen to stay distinguishable with the common
+colour-vision deficiencies (deuteranopia, protanopia, tritanopia) and on a grey CT/MR background:
+true positive = bluish green ``#009E73``, false positive = vermillion ``#D55E00`` (reads as red/orange),
+false negative = blue ``#0072B2``. Green/red alone would be confused by about 1 in 12 men.
+"""
+
+from __future__ import annotations
+
+RGB = tuple[int, int, int]
+RGBA = tuple[int, int, int, int]
+
+#: Values of a confusion (disagreement) array: 0 none, 1 true positive, 2 false positive, 3 false negative.
+CONFUSION_NONE, CONFUSION_TP, CONFUSION_FP, CONFUSION_FN = 0, 1, 2, 3
+
+TRUE_POSITIVE: RGB = (0, 158, 115)  # Okabe-Ito bluish green
+FALSE_POSITIVE: RGB = (213, 94, 0)  # Okabe-Ito vermillion
+FALSE_NEGATIVE: RGB = (0, 114, 178)  # Okabe-Ito blue
+CONFUSION_COLORS: dict[int, RGB] = {
+    CONFUSION_TP: TRUE_POSITIVE,
+    CONFUSION_FP: FALSE_POSITIVE,
+    CONFUSION_FN: FALSE_NEGATIVE,
+}
+
+#: The first label colours of ITK-SNAP (red, green, blue, yellow, cyan, magenta, ...), used for label values
+#: the caller gave no colour for: label ``v`` gets entry ``(v - 1) % len``.
+DEFAULT_LABEL_COLORS: tuple[RGB, ...] = (
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (255, 255, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (255, 239, 213),
+    (0, 0, 205),
+    (205, 133, 63),
+    (210, 180, 140),
+    (102, 205, 170),
+    (0, 0, 128),
+    (0, 139, 139),
+    (46, 139, 87),
+    (255, 228, 225),
+    (106, 90, 205),
+)
+
+CROSSHAIR_COLOR: RGBA = (255, 215, 0, 190)  # gold, like 3D Slicer's yellow crosshair
+BRUSH_COLOR: RGBA = (255, 255, 255, 230)
+MARKER_COLOR = "#e8e8a0"  # orientation letters (R, L, A, P, S, I) at the view's edges
+BACKGROUND = "#000000"
+
+
+def label_color(value: int, colors: dict[int, RGB] | None = None) -> RGB:
+    """The colour of label ``value``: the caller's when given, else ITK-SNAP's default order."""
+    if colors and value in colors:
+        r, g, b = colors[value][:3]
+        return (int(r), int(g), int(b))
+    if value <= 0:
+        return (0, 0, 0)
+    return DEFAULT_LABEL_COLORS[(value - 1) % len(DEFAULT_LABEL_COLORS)]

@@ -36,3 +36,18 @@ class DeviceError(UserError):
 
 class JobCancelled(Exception):
     """Raised inside a job when its cancellation token is set; not an error for the user."""
+
+
+class MultipleSeriesError(UserError):
+    """A path holds several image series and none was chosen; ``series`` lists them for a chooser.
+
+    ``series`` holds :class:`sd_fsmis.core.study_io.SeriesInfo` objects (uid, description, size, ...).
+    """
+
+    def __init__(self, message: str, series: list | None = None) -> None:
+        super().__init__(message)
+        self.series = list(series or [])
+
+
+class SeriesNotFoundError(UserError):
+    """The series uid asked for is not in the path; the message lists the ones that are."""

@@ -1,16 +1,157 @@
-"""``sd-fsmis segment``: being written (see its issue)."""
+"""``sd-fsmis segment``: segment a whole query volume from annotated support slices."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("segment", help="(not available yet)")
+    p = subparsers.add_parser(
+        "segment",
+        help="segment a query volume from support slices",
+        description="Segment the whole query volume from annotated support slices and write the mask with "
+        "the query's geometry. The support may be the query itself.",
+    )
+    p.add_argument("--query", required=True, metavar="PATH", help="query study (DICOM folder/file, NIfTI)")
+    p.add_argument("--query-series", metavar="UID", help="series to use when the query path holds several")
+    p.add_argument("--support", metavar="PATH", help="support study (default: the query itself)")
+    p.add_argument("--support-series", metavar="UID", help="series of the support study")
+    p.add_argument("--support-mask", required=True, metavar="PATH", help="label map on the support's grid")
+    p.add_argument("--label", type=int, default=1, metavar="N", help="label value to segment (default 1)")
+    p.add_argument("--label-name", metavar="NAME", help="name of the structure in the output")
+    p.add_argument(
+        "--support-slices",
+        metavar="I,J,K",
+        help="support slice indices (default: the middle slice of those holding the label)",
+    )
+    p.add_argument("--slices", metavar="A:B", help="query slices to segment, A to B inclusive (default: all)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME|DIR",
+        help="model name in the store, a model folder, or 'classical' (default: the store's default model, "
+        "else 'classical')",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="query slices per batch")
+    p.add_argument(
+        "--nearest-support",
+        action="store_true",
+        help="with several supports, each query slice uses the nearest one instead of all K",
+    )
+    p.add_argument("--out", required=True, metavar="PATH", help="output mask (.nii or .nii.gz)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary of the run")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _parse_indices(text: str | None, what: str) -> list[int] | None:
     from sd_fsmis.core.errors import UserError
 
-    raise UserError("'segment' is not available yet")
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise UserError(
+            f"{what}: expected comma-separated slice indices such as 10,20,30, got {text!r}"
+        ) from None
+
+
+def _parse_range(text: str | None) -> list[int] | None:
+    from sd_fsmis.core.errors import UserError
+
+    if not text:
+        return None
+    try:
+        a, _, b = text.partition(":")
+        lo, hi = int(a), int(b or a)
+    except ValueError:
+        raise UserError(f"--slices: expected A:B, got {text!r}") from None
+    if hi < lo:
+        raise UserError(f"--slices: the range {text} is empty")
+    return list(range(lo, hi + 1))
+
+
+def _same_study(a: str, sa: str | None, b: str, sb: str | None) -> bool:
+    return Path(a).resolve() == Path(b).resolve() and (sa or None) == (sb or None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.errors import MaskError, UserError
+    from sd_fsmis.core.imagefile import is_nifti
+    from sd_fsmis.core.labelmap import LabelMap
+    from sd_fsmis.core.segmentation import SupportSource, segment_volume, support_mask_for_label
+    from sd_fsmis.core.study_io import load_volume
+    from sd_fsmis.terminal import progress_bar
+
+    if not is_nifti(args.out):
+        raise UserError(f"--out {args.out}: the mask is written as NIfTI; use a name ending in .nii.gz")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if not 1 <= args.label <= 65535:
+        raise MaskError(f"--label {args.label}: label values are 1..65535")
+    support_slices = _parse_indices(args.support_slices, "--support-slices")
+    query_slices = _parse_range(args.slices)
+
+    query = load_volume(args.query, args.query_series)
+    support_path = args.support or args.query
+    support_series = args.support_series if args.support else args.query_series
+    is_query = _same_study(support_path, support_series, args.query, args.query_series)
+    support = query if is_query else load_volume(support_path, support_series)
+    support_labels = LabelMap.load(args.support_mask, like=support.geometry, like_name="support image")
+    mask = support_mask_for_label(support_labels, args.label, Path(args.support_mask).name)
+    label_name = args.label_name or support_labels.label(args.label).name
+
+    engine = _load_engine(args)
+    source = SupportSource(
+        volume=support, mask=mask, slices=support_slices, is_query=is_query, name=str(support_path)
+    )
+    with progress_bar(f"segment ({engine.name})") as progress:
+        outcome = segment_volume(
+            query,
+            [source],
+            engine,
+            label=args.label,
+            label_name=label_name,
+            label_colour=support_labels.label(args.label).colour,
+            query_slices=query_slices,
+            assignment="nearest" if args.nearest_support else "all",
+            progress=progress,
+        )
+    out = outcome.label_map.save(args.out)
+    summary = {
+        "out": str(out),
+        "engine": outcome.engine,
+        "shots": outcome.shots,
+        "support_slices": [z for _, z in outcome.support_slices],
+        "query_slices": [outcome.query_slices[0], outcome.query_slices[-1]],
+        "voxels": int(outcome.mask.sum()),
+        "volume_ml": float(outcome.mask.sum() * _voxel_ml(query)),
+        "slices_with_label": int(outcome.mask.any(axis=(1, 2)).sum()),
+        "seconds": round(outcome.seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{out}: {summary['voxels']} voxels ({summary['volume_ml']:.1f} ml) on "
+            f"{summary['slices_with_label']} slices, {outcome.engine}, {outcome.shots}-shot, "
+            f"{outcome.seconds:.1f} s",
+            file=sys.stdout,
+        )
+    return 0
+
+
+def _load_engine(args: argparse.Namespace):
+    from sd_fsmis.core.engines.registry import default_engine_name, load_engine
+
+    name = args.model or default_engine_name()
+    return load_engine(name, device=args.device, batch_size=args.batch_size)
+
+
+def _voxel_ml(volume) -> float:
+    sx, sy, sz = volume.geometry.spacing
+    return sx * sy * sz / 1000.0

@@ -54,7 +54,8 @@ class SegmentationRequest:
     supports: list[SupportExample]
     #: query slice indices to segment, ascending; the others are left empty in the result
     slices: Sequence[int] | None = None
-    #: ``{query slice: [support indices]}``; None means every slice uses all K supports (K-shot)
+    #: ``{query slice: [support indices]}``; None lets the engine apply its own K-shot rule (SD-FSMIS: all K
+    #: supports in one bank for every slice; classical: the nearest support, or a vote of all K)
     assignment: dict[int, list[int]] | None = None
     #: voxel spacing of the query ``(z, y, x)`` in mm (engines that work in physical space use it)
     spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -72,7 +73,7 @@ class SegmentationRequest:
         )
 
     def supports_for(self, slice_index: int) -> list[int]:
-        """Indices of the support examples that serve ``slice_index``."""
+        """Indices of the support examples that serve ``slice_index`` (all K when there is no assignment)."""
         if self.assignment is None:
             return list(range(len(self.supports)))
         return list(self.assignment[slice_index])

@@ -1,0 +1,111 @@
+"""Which segmentation engines exist, and loading one by name: the classical baseline and the stored models.
+
+``classical`` is always available (SimpleITK only). Everything else is an SD-FSMIS model, loaded through
+:mod:`sd_fsmis.core.model` only when asked for, so that choosing ``classical`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sd_fsmis.core.engines.base import SegmentationEngine
+from sd_fsmis.core.engines.classical import ENGINE_NAME as CLASSICAL
+from sd_fsmis.core.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+CLASSICAL_LABEL = "Classical (registration) — no model needed"
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """One engine a user can pick: ``name`` is what :func:`load_engine` takes, ``label`` what a menu shows."""
+
+    name: str
+    label: str
+    #: "classical" or "model"
+    kind: str
+    #: a model's folder, when it has one
+    path: str | None = None
+
+
+def available_engines() -> list[EngineChoice]:
+    """The classical engine first, then the models of the model store (when the model package is there)."""
+    choices = [EngineChoice(CLASSICAL, CLASSICAL_LABEL, "classical")]
+    choices.extend(_stored_models())
+    return choices
+
+
+def default_engine_name() -> str:
+    """The store's default model (its most recent valid one) when there is one, else ``"classical"``."""
+    store = _store()
+    if store is not None:
+        try:
+            return store.resolve_model(None).name
+        except ModelError:
+            pass  # no model installed
+        except Exception as exc:  # a broken store must not stop a segmentation
+            log.warning("model store: no default model (%s)", exc)
+    return CLASSICAL
+
+
+def load_engine(
+    name_or_dir: str, *, device: str = "auto", batch_size: int | None = None
+) -> SegmentationEngine:
+    """The engine called ``name_or_dir``: ``"classical"``, or a model's name in the store or its folder.
+
+    Raises :class:`ModelError` when the model cannot be found or the model package is not installed.
+    """
+    if str(name_or_dir).strip().lower() == CLASSICAL:
+        from sd_fsmis.core.engines.classical import ClassicalEngine
+
+        return ClassicalEngine()
+    text = str(name_or_dir)
+    if any(sep in text for sep in ("/", "\\")) and not Path(text).expanduser().is_dir():
+        # A folder that is not there: say so before importing torch (seconds) for nothing.
+        raise ModelError(f"model folder not found: {text}")
+    try:
+        engine_module = importlib.import_module("sd_fsmis.core.model.engine")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("sd_fsmis"):
+            raise ModelError(
+                f"cannot load model {name_or_dir!r}: the SD-FSMIS model is not part of this installation "
+                f"(use --model {CLASSICAL})"
+            ) from None
+        raise ModelError(f"cannot load model {name_or_dir!r}: {exc.name} is not installed") from None
+    return engine_module.SDFSMISEngine.from_pretrained(name_or_dir, device=device, batch_size=batch_size)
+
+
+def _stored_models() -> list[EngineChoice]:
+    """The valid models of ``sd_fsmis.core.model.store``; nothing where the model package is missing."""
+    store = _store()
+    if store is None:
+        return []
+    try:
+        models = store.list_models()
+    except Exception as exc:  # a broken store must not hide the classical engine
+        log.warning("model store not readable: %s", exc)
+        return []
+    out = []
+    for info in models:
+        if not getattr(info, "valid", True):
+            continue
+        detail = getattr(info, "description", "") or getattr(info, "kind", "")
+        label = f"{info.name} — {detail}" if detail else str(info.name)
+        out.append(EngineChoice(str(info.name), label, "model", str(info.path)))
+    return out
+
+
+def _store():
+    """The model store module, or None where the model package is not installed."""
+    try:
+        if importlib.util.find_spec("sd_fsmis.core.model.store") is None:
+            return None
+        return importlib.import_module("sd_fsmis.core.model.store")
+    except ImportError as exc:
+        log.warning("model store not available: %s", exc)
+        return None

@@ -1,16 +1,239 @@
-"""``sd-fsmis models``: being written (see its issue)."""
+"""``sd-fsmis models``: the model store (list, info, create, import-reference, remove, check).
+
+- ``models list [--json]``
+- ``models info NAME_OR_DIR [--json]``
+- ``models create --sd PATH_OR_HUB_ID --dinov2 PATH_OR_HUB_ID (--out DIR | --name NAME)
+  [--copy-weights | --reference-weights] [--seed N]``; ``models create --preset tiny (--out | --name)``
+- ``models import-reference CKPT_DIR --sd ... --dinov2 ... (--out DIR | --name NAME)``
+- ``models remove NAME``
+- ``models check NAME_OR_DIR [--device auto|cuda|mps|cpu]``: load the model and segment a generated phantom
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="(not available yet)")
-    p.set_defaults(run=run)
+    p = subparsers.add_parser("models", help="list, create, import and remove SD-FSMIS models")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION", parser_class=type(p))
+    p.set_defaults(run=_run_missing_action, models_parser=p)
+
+    q = sub.add_parser("list", help="models in the store")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(run=run_list)
+
+    q = sub.add_parser("info", help="what a model (store name or folder) holds")
+    q.add_argument("model", metavar="NAME_OR_DIR")
+    q.add_argument("--json", action="store_true", help="print JSON (with the full config)")
+    q.set_defaults(run=run_info)
+
+    q = sub.add_parser(
+        "create",
+        help="create a base model from Stable Diffusion 1.5 + DINOv2 (folders or Hub ids), or a preset",
+    )
+    source = q.add_argument_group("sources (or --preset)")
+    source.add_argument(
+        "--sd", metavar="PATH_OR_HUB_ID", help="Stable Diffusion 1.x folder (vae/, unet/) or Hub id"
+    )
+    source.add_argument("--dinov2", metavar="PATH_OR_HUB_ID", help="DINOv2 folder or Hub id")
+    source.add_argument("--preset", choices=["tiny"], help="random weights of a built-in architecture")
+    _add_output_arguments(q)
+    q.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
+    q.add_argument("--description", default="", help="a line shown by 'models info'")
+    q.set_defaults(run=run_create)
+
+    q = sub.add_parser(
+        "import-reference", help="import a checkpoint of the SD-FSMIS reference implementation"
+    )
+    q.add_argument(
+        "checkpoint", metavar="CKPT_DIR", help="checkpoint-N/ folder (or the run folder: latest one)"
+    )
+    q.add_argument("--sd", required=True, metavar="PATH_OR_HUB_ID", help="Stable Diffusion 1.x (for the VAE)")
+    q.add_argument("--dinov2", required=True, metavar="PATH_OR_HUB_ID", help="DINOv2 folder or Hub id")
+    _add_output_arguments(q)
+    q.add_argument("--description", default="", help="a line shown by 'models info'")
+    q.set_defaults(run=run_import_reference)
+
+    q = sub.add_parser("remove", help="delete a model from the store")
+    q.add_argument("name", metavar="NAME")
+    q.set_defaults(run=run_remove)
+
+    q = sub.add_parser("check", help="load a model and segment a generated phantom (a smoke test)")
+    q.add_argument(
+        "model", metavar="NAME_OR_DIR", nargs="?", default=None, help="default: the store's latest"
+    )
+    q.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default auto)")
+    q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    q.set_defaults(run=run_check)
 
 
-def run(args: argparse.Namespace) -> int:
+def _add_output_arguments(q: argparse.ArgumentParser) -> None:
+    where = q.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR", help="write the model to this folder")
+    where.add_argument("--name", metavar="NAME", help="add the model to the store under this name")
+    weights = q.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--copy-weights",
+        dest="copy_weights",
+        action="store_true",
+        default=True,
+        help="copy the VAE and DINOv2 into the model folder (default)",
+    )
+    weights.add_argument(
+        "--reference-weights",
+        dest="copy_weights",
+        action="store_false",
+        help="refer to the VAE and DINOv2 folders by absolute path instead of copying them",
+    )
+
+
+def _run_missing_action(args: argparse.Namespace) -> int:
+    args.models_parser.print_help(sys.stderr)
+    return 2
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.store import list_models
+    from sd_fsmis.paths import models_dir
+
+    models = list_models()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    if not models:
+        print(f"no models in {models_dir()} (create one with 'sd-fsmis models create')")
+        return 0
+    rows = [("NAME", "BASE", "CLASSES", "CREATED", "SIZE", "PATH")]
+    for m in models:
+        name = m.name if m.valid else f"{m.name} (broken: {m.problem})"
+        size = _human_size(m.size_bytes) + (" +refs" if m.references else "")
+        rows.append((name, m.base, ",".join(m.classes) or "-", m.created, size, m.path))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.store import model_info
+
+    info = model_info(args.model, with_config=True)
+    if args.json:
+        print(json.dumps(info.to_dict(with_config=True), indent=2))
+        return 0 if info.valid else 2
+    config = info.config or {}
+    lines = [
+        ("name", info.name),
+        ("path", info.path),
+        ("status", "ok" if info.valid else f"broken: {info.problem}"),
+        ("base", info.base),
+        ("kind", info.kind),
+        ("created", info.created),
+        ("description", info.description),
+        ("classes", ", ".join(info.classes) or "-"),
+        ("size", _human_size(info.size_bytes)),
+    ]
+    if config:
+        pre, vtct = config.get("preprocessing", {}), config.get("vtct", {})
+        lines += [
+            ("image size", str(pre.get("image_size"))),
+            (
+                "interpolation",
+                f"image {pre.get('image_interpolation')}, mask {pre.get('mask_interpolation')}",
+            ),
+            ("VTCT mask", str(vtct.get("mask_alignment"))),
+            ("versions", ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items() if v)),
+        ]
+    for key, value in info.references.items():
+        lines.append((f"{key} (referenced)", value))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key.ljust(width)}  {value}")
+    return 0 if info.valid else 2
+
+
+def run_create(args: argparse.Namespace) -> int:
     from sd_fsmis.core.errors import UserError
 
-    raise UserError("'models' is not available yet")
+    if args.preset:
+        if args.sd or args.dinov2:
+            raise UserError("--preset builds random weights: do not give --sd/--dinov2 with it")
+        from sd_fsmis.core.model.create import create_preset_model
+
+        path = create_preset_model(
+            args.preset, out=args.out, name=args.name, seed=args.seed, description=args.description
+        )
+    else:
+        if not args.sd or not args.dinov2:
+            raise UserError("give --sd and --dinov2 (local folders or Hub ids), or --preset tiny")
+        from sd_fsmis.core.model.create import create_base_model
+
+        path = create_base_model(
+            args.sd,
+            args.dinov2,
+            out=args.out,
+            name=args.name,
+            copy_weights=args.copy_weights,
+            seed=args.seed,
+            description=args.description,
+        )
+    print(f"created model {path.name} in {path}")
+    return 0
+
+
+def run_import_reference(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.reference_import import import_reference_checkpoint
+
+    path = import_reference_checkpoint(
+        args.checkpoint,
+        args.sd,
+        args.dinov2,
+        out=args.out,
+        name=args.name,
+        copy_weights=args.copy_weights,
+        description=args.description,
+    )
+    print(f"imported reference checkpoint as model {path.name} in {path}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.store import remove_model
+
+    path = remove_model(args.name)
+    print(f"removed model {args.name} ({path})")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sd_fsmis.core.device import default_dtype, select_device
+    from sd_fsmis.core.engines.base import SegmentationRequest, SupportExample
+    from sd_fsmis.core.model.engine import SDFSMISEngine
+
+    device = select_device(args.device)  # a missing device is a one-line error before anything loads
+    dtype = default_dtype(device, args.precision)
+    engine = SDFSMISEngine.from_pretrained(args.model, device=device, dtype=dtype)
+    # a phantom: 8 slices of a bright disc whose radius shrinks away from the middle slice
+    depth = np.arange(8, dtype=np.float32)[:, None, None]
+    rows, cols = np.mgrid[0:96, 0:96].astype(np.float32)
+    radius = 24.0 - 2.0 * np.abs(depth - 3.5)  # [8, 1, 1]
+    disc = (rows - 48) ** 2 + (cols - 48) ** 2 < radius**2  # [8, 96, 96]
+    volume = np.where(disc, 0.8, 0.2).astype(np.float32)
+    request = SegmentationRequest(query=volume, supports=[SupportExample(volume[3], volume[3] > 0.5)])
+    result = engine.segment(request)
+    print(f"{engine.describe()}: {request.query.shape[0]} slices in {result.seconds:.2f} s, ok")
+    return 0

@@ -1,0 +1,150 @@
+"""Start-up: the QApplication set-up, settings, the restore offer, ``--demo`` and paths, ``--self-test``."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pyqtgraph as pg
+import pytest
+from PySide6 import QtWidgets
+
+from sd_fsmis.core.autosave import AutosaveScheduler, folder_state
+from sd_fsmis.core.session import Session
+from sd_fsmis.ui import application
+from sd_fsmis.ui.settings import MAX_RECENT, AppSettings, settings_path
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory) -> Path:
+    """The demo study generated once for the module, copied into each test's own cache."""
+    import os
+
+    from sd_fsmis.core.demo import demo_folder, demo_study_paths
+
+    home = tmp_path_factory.mktemp("demo-home")
+    old = os.environ.get("SD_FSMIS_HOME")
+    os.environ["SD_FSMIS_HOME"] = str(home)
+    try:
+        demo_study_paths()
+        return demo_folder()
+    finally:
+        if old is None:
+            del os.environ["SD_FSMIS_HOME"]
+        else:
+            os.environ["SD_FSMIS_HOME"] = old
+
+
+@pytest.fixture
+def demo_cache(demo_files) -> Path:
+    from sd_fsmis.core.demo import demo_folder, demo_image_path
+
+    shutil.copytree(demo_files, demo_folder(), dirs_exist_ok=True)
+    return demo_image_path()
+
+
+def test_make_application_sets_row_major_once(qapp):
+    app = application.make_application()
+    assert app is QtWidgets.QApplication.instance()
+    assert pg.getConfigOption("imageAxisOrder") == "row-major"
+    assert app.applicationName() == "SD-FSMIS"
+
+
+def test_settings_round_trip_and_damaged_file(tmp_path):
+    settings = AppSettings()
+    for i in range(MAX_RECENT + 3):
+        settings.add_recent(f"/data/case{i}.nii.gz")
+    settings.add_recent("/data/case5.nii.gz")
+    assert len(settings.recent_files) == MAX_RECENT and settings.recent_files[0] == "/data/case5.nii.gz"
+    settings.brush_radius = 7.0
+    settings.save()
+    assert settings_path().is_file()
+    loaded = AppSettings.load()
+    assert loaded.recent_files == settings.recent_files and loaded.brush_radius == 7.0
+    settings_path().write_text("{not json", "utf-8")
+    assert AppSettings.load() == AppSettings()
+    settings_path().write_text(json.dumps({"brush_radius": "big", "crosshair": False}), "utf-8")
+    odd = AppSettings.load()
+    assert odd.brush_radius == 5.0 and odd.crosshair is False
+
+
+def test_no_restore_offer_without_a_crash(qapp, tmp_path):
+    asked = []
+    assert application.offer_restore(tmp_path / "none", ask=lambda s: asked.append(s) or True) is None
+    assert not asked
+
+
+def _crashed_session_folder(folder: Path, demo_cache: Path) -> Session:
+    session = Session()
+    study = session.open_study(demo_cache)
+    layer = study.add_layer("Segmentation", labels={1: "liver"})
+    layer.paint_line(0, 20, [(100, 100), (110, 120)], radius=5)
+    scheduler = AutosaveScheduler(session, folder)
+    scheduler.mark_running()
+    scheduler.save_now()
+    return session  # no mark_clean_exit: a crash
+
+
+def test_restore_declined_and_accepted(qapp, tmp_path, demo_cache):
+    folder = tmp_path / "session"
+    original = _crashed_session_folder(folder, demo_cache)
+    assert folder_state(folder).offer_restore
+    assert application.offer_restore(folder, ask=lambda s: False) is None
+    restored = application.offer_restore(folder, ask=lambda s: True)
+    assert isinstance(restored, Session)
+    painted = original.studies[0].layer("Segmentation").array
+    assert (restored.studies[0].layer("Segmentation").array == painted).all()
+
+
+def test_a_damaged_session_is_one_line_in_a_dialog(qapp, tmp_path, demo_cache, monkeypatch):
+    folder = tmp_path / "session"
+    _crashed_session_folder(folder, demo_cache)
+    (folder / "manifest.json").write_text("{damaged", "utf-8")
+    shown = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "warning", lambda *args: shown.append(args[2]))
+    assert application.offer_restore(folder, ask=lambda s: True) is None
+    assert shown and "damaged" in shown[0] and "\n" not in shown[0] and "Traceback" not in shown[0]
+
+
+def test_run_application_opens_the_demo_and_the_paths(qapp, demo_cache, monkeypatch):
+    windows = []
+
+    def fake_exec(app):
+        window = next(w for w in QtWidgets.QApplication.topLevelWidgets() if type(w).__name__ == "MainWindow")
+        windows.append(window)
+        assert window.wait_idle(60_000)
+        window.confirm = lambda *_: True
+        window.close()
+        return 0
+
+    monkeypatch.setattr(QtWidgets.QApplication, "exec", fake_exec)
+    monkeypatch.setattr(application, "offer_restore", lambda: None)
+    assert application.run_application([str(demo_cache)], demo=True) == 0
+    (window,) = windows
+    assert len(window.session.studies) == 2  # the demo and the path
+    assert window.session.reference is not None  # the demo's labels
+    assert settings_path().is_file()  # saved on close
+    window.deleteLater()
+
+
+def test_self_test_passes_through_the_command_line(qapp, demo_cache, capsys):
+    from sd_fsmis.cli import main
+
+    code = main(["--self-test"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0, out
+    assert len(out) == 1 and out[0].startswith("self-test passed") and "Dice" in out[0]
+
+
+def test_self_test_reports_a_failure_with_a_message(qapp, demo_cache, monkeypatch):
+    monkeypatch.setattr(application, "SELF_TEST_MIN_DICE", 1.01)  # an impossible target
+    monkeypatch.setattr(application, "_self_test_steps", _fail_fast)
+    out = io.StringIO()
+    assert application.run_self_test(out=out) == 1
+    assert out.getvalue().startswith("self-test FAILED: ")
+
+
+def _fail_fast(window, timeout_s):
+    raise application.SelfTestError("the demo study did not open")

@@ -1,0 +1,247 @@
+"""ComparePanel and RunsTable: the numbers are core's, the per-slice plot navigates, the disagreement map,
+a reference loaded from a file, runs side by side (sorting, HD95, selecting a run selects its layer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtWidgets
+from PySide6.QtCore import Qt
+
+from sd_fsmis.core.demo import make_demo_phantom
+from sd_fsmis.core.engines.classical import ClassicalEngine
+from sd_fsmis.core.geometry import Geometry
+from sd_fsmis.core.labelmap import LabelMap
+from sd_fsmis.core.metrics import compare_label_maps, confusion_overlay, surface_distances
+from sd_fsmis.core.segmentation import segment_volume
+from sd_fsmis.core.session import Session
+from sd_fsmis.core.study import Study
+from sd_fsmis.core.volume import Volume, VolumeMetadata
+from sd_fsmis.ui.compare_panel import ComparePanel, format_dice, format_ml, format_mm
+from sd_fsmis.ui.runs_table import COLUMNS
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+Z0, Z1 = 22, 38  # 16 slices through the liver of the demo phantom
+REFERENCE_LABELS = {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"}
+
+
+def phantom(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """The demo phantom cropped to 16 slices through the liver, halved in-plane (16 x 128 x 128), cached."""
+    cache = tmp_path_factory.getbasetemp() / "ui-phantom-16.npz"
+    if not cache.exists():
+        volume, labels = make_demo_phantom()
+        g = volume.geometry
+        tmp = cache.with_name(f"ui-phantom-16-{os.getpid()}.npz")
+        np.savez(
+            tmp,
+            image=volume.array[Z0:Z1, ::2, ::2],
+            labels=labels.array[Z0:Z1, ::2, ::2],
+            spacing=(g.spacing[0] * 2, g.spacing[1] * 2, g.spacing[2]),
+            origin=(g.origin[0], g.origin[1], g.origin[2] + Z0 * g.spacing[2]),
+            direction=g.direction,
+        )
+        os.replace(tmp, cache)
+    data = np.load(cache)
+    z, y, x = data["image"].shape
+    geometry = Geometry(
+        size=(x, y, z),
+        spacing=tuple(float(v) for v in data["spacing"]),
+        origin=tuple(float(v) for v in data["origin"]),
+        direction=tuple(float(v) for v in data["direction"]),
+    )
+    return data["image"], data["labels"], geometry
+
+
+def new_session(tmp_path_factory) -> tuple[Session, Study]:
+    image, _labels, geometry = phantom(tmp_path_factory)
+    session = Session()
+    volume = Volume(image, geometry, VolumeMetadata(source_path="demo-abdomen.nii.gz", modality="MR"))
+    study = session.add_study(Study(volume, path="demo-abdomen.nii.gz", name="Demo abdomen"))
+    return session, study
+
+
+def paint_supports(session: Session, study: Study, labels: np.ndarray, slices: tuple[int, ...]) -> None:
+    """A "liver" layer painted from the phantom's labels on ``slices``, each a support example."""
+    layer = study.add_layer("liver", labels={1: "liver"}, activate=False)
+    for z in slices:
+        layer.set_region(
+            (slice(z, z + 1), slice(None), slice(None)), (labels[z : z + 1] == 1).astype(np.uint8)
+        )
+        session.add_support(study, layer, z)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Classical 1-shot and 3-shot segmentations of the liver, computed once for the module."""
+    session, study = new_session(tmp_path_factory)
+    _image, labels, _geometry = phantom(tmp_path_factory)
+    results = {}
+    for shots in ((8,), (3, 8, 12)):
+        paint_supports(session, study, labels, shots)
+        inputs = session.segmentation_inputs(study)
+        results[len(shots)] = (
+            inputs,
+            segment_volume(inputs.query, inputs.sources, ClassicalEngine(), **inputs.job_options()),
+        )
+        session.support_set.clear()
+    return results
+
+
+@pytest.fixture
+def scene(qtbot, tmp_path_factory, outcomes):
+    """A study with its reference, the 1-shot and 3-shot runs recorded, and the panel."""
+    session, study = new_session(tmp_path_factory)
+    _image, labels, geometry = phantom(tmp_path_factory)
+    reference = study.add_layer(
+        "demo labels", LabelMap(labels.copy(), geometry, REFERENCE_LABELS), kind="reference"
+    )
+    session.set_reference(reference)
+    layers = {}
+    for k, (inputs, outcome) in outcomes.items():
+        inputs = dataclasses.replace(inputs, query_study_id=study.id)
+        outcome = dataclasses.replace(outcome, label_map=outcome.label_map.copy())
+        layer, _run = session.add_result(inputs, outcome, device="CPU")
+        layers[k] = layer
+    panel = ComparePanel(session)
+    qtbot.addWidget(panel)
+    panel.resize(560, 760)
+    panel.show()
+    qtbot.waitExposed(panel)
+    qtbot.waitUntil(lambda: not panel.computing() and not panel.runs_table.computing(), timeout=30_000)
+    yield session, study, reference, layers, panel
+    assert panel.shutdown(30_000)
+
+
+def screenshot(widget, name: str) -> Path:
+    QtWidgets.QApplication.processEvents()
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    assert widget.grab().save(str(path), "PNG")
+    return path
+
+
+def test_numbers_are_those_of_core_metrics(qtbot, scene):
+    _session, _study, reference, layers, panel = scene
+    prediction = layers[3]  # the newest prediction is compared by default
+    assert panel.prediction is prediction and panel.reference is reference
+    expected = compare_label_maps(prediction.label_map, reference.label_map, [1])
+    got = panel.comparisons
+    assert list(got) == [1]
+    for field in ("dice", "hd95_mm", "assd_mm", "voxels_pred", "voxels_ref", "true_positives"):
+        assert getattr(got[1], field) == pytest.approx(getattr(expected[1], field)), field
+    np.testing.assert_allclose(got[1].dice_per_slice, expected[1].dice_per_slice)
+    c = expected[1]
+    assert panel.metric_texts() == [
+        [
+            "liver",
+            format_dice(c.dice),
+            format_mm(c.hd95_mm),
+            format_mm(c.assd_mm),
+            format_ml(c.volume_pred_ml),
+            format_ml(c.volume_ref_ml),
+        ]
+    ]
+    assert 0.7 < c.dice < 1.0
+    # the plot holds one point per slice with the liver, the slice index as data
+    points = panel.plot_points()
+    assert [z for z, _ in points] == [z for z, d in enumerate(c.dice_per_slice) if not math.isnan(d)]
+    assert [d for _, d in points] == pytest.approx([d for d in c.dice_per_slice if not math.isnan(d)])
+    # the other prediction, chosen in the combo
+    index = panel.prediction_combo.findData(layers[1].id)
+    with qtbot.waitSignal(panel.comparisonChanged, timeout=30_000) as blocker:
+        panel.prediction_combo.setCurrentIndex(index)
+        panel.prediction_combo.activated.emit(index)
+    one_shot = compare_label_maps(layers[1].label_map, reference.label_map, [1])
+    assert blocker.args[0][1].dice == pytest.approx(one_shot[1].dice)
+
+
+def test_clicking_a_point_of_the_plot_goes_to_its_slice(qtbot, scene):
+    _session, _study, _reference, _layers, panel = scene
+    z, dice = panel.plot_points()[5]
+    view_box = panel.plot.getPlotItem().getViewBox()
+    scene_pos = view_box.mapViewToScene(QtCore.QPointF(z + 1, dice))  # the plot shows slices 1-based
+    widget_pos = panel.plot.mapFromScene(scene_pos)
+    with qtbot.waitSignal(panel.goToSlice, timeout=2000) as blocker:
+        qtbot.mouseClick(panel.plot.viewport(), Qt.MouseButton.LeftButton, pos=widget_pos)
+    assert blocker.args == [z]
+
+
+def test_show_disagreement_emits_the_confusion_map(qtbot, scene):
+    session, _study, reference, layers, panel = scene
+    with qtbot.waitSignal(panel.confusionChanged) as blocker:
+        panel.confusion_check.setChecked(True)
+    array = blocker.args[0]
+    expected = confusion_overlay(layers[3].array == 1, reference.array == 1)
+    np.testing.assert_array_equal(array, expected)
+    assert set(np.unique(array)) == {0, 1, 2, 3}  # TP, FP and FN all present
+    screenshot(panel, "compare_panel.png")
+    # editing the prediction recomputes the numbers (after a short delay) and the map
+    layer = layers[3]
+    with qtbot.waitSignal(panel.comparisonChanged, timeout=30_000):
+        layer.set_region((slice(8, 9), slice(None), slice(None)), 0)
+    assert panel.comparisons[1].dice_per_slice[8] == 0.0
+    with qtbot.waitSignal(panel.confusionChanged) as blocker:
+        panel.confusion_check.setChecked(False)
+    assert blocker.args == [None]
+    # another study becomes active: the map goes at once (it belongs to the other study's grid)
+    with qtbot.waitSignal(panel.confusionChanged):
+        panel.confusion_check.setChecked(True)
+    other = Study(Volume(np.zeros((2, 8, 8), np.int16), Geometry.identity((2, 8, 8))), name="other")
+    with qtbot.waitSignal(panel.confusionChanged, timeout=2000) as blocker:
+        session.add_study(other)
+    assert blocker.args == [None]
+
+
+def test_load_reference_mask_from_a_file(qtbot, scene, tmp_path):
+    session, _study, reference, layers, panel = scene
+    edited = reference.label_map.copy()
+    edited.array[edited.array == 1] = 0  # a colleague's mask without the liver's last slices
+    edited.array[:4][reference.array[:4] == 1] = 1
+    path = edited.save(tmp_path / "colleague.nii.gz")
+    with qtbot.waitSignal(panel.comparisonChanged, timeout=30_000) as blocker:
+        layer = panel.load_reference_file(path)
+    assert layer is not None and session.reference is layer and layer.kind == "reference"
+    assert panel.reference_combo.currentData() == layer.id
+    expected = compare_label_maps(layers[3].label_map, layer.label_map, [1])
+    assert blocker.args[0][1].dice == pytest.approx(expected[1].dice)
+    # a mask of another grid: one line, nothing changed
+    other = LabelMap(np.zeros((4, 8, 8), np.uint8), Geometry.identity((4, 8, 8)))
+    bad = other.save(tmp_path / "other.nii.gz")
+    assert panel.load_reference_file(bad) is None
+    assert panel.last_error and session.reference is layer
+
+
+def test_runs_table_side_by_side(qtbot, scene):
+    session, study, reference, layers, panel = scene
+    table = panel.runs_table
+    assert table.table.rowCount() == 2
+    rows = {table.row_values(r)[1]: table.row_values(r) for r in range(2)}
+    assert set(rows) == {"1", "3"}
+    for k, row in rows.items():
+        run = next(r for r in session.runs if str(r.k) == k)
+        layer = study.layer(run.result_layer_id)
+        assert row[0] == "classical" and row[2] == "liver" and row[6] == "CPU" and row[8] == "done"
+        assert row[3] == f"{run.dice:.3f}"
+        hd95, _ = surface_distances(layer.array == 1, reference.array == 1, layer.geometry.spacing)
+        assert row[4] == f"{hd95:.1f}"
+    # sortable by Dice
+    dice_column = COLUMNS.index("Dice")
+    table.table.sortByColumn(dice_column, Qt.SortOrder.DescendingOrder)
+    values = [float(table.table.item(r, dice_column).text()) for r in range(2)]
+    assert values == sorted(values, reverse=True)
+    # selecting the 1-shot run selects its layer (in the study and in the comparison)
+    row = next(r for r in range(2) if table.table.item(r, 1).text() == "1")
+    with qtbot.waitSignal(panel.comparisonChanged, timeout=30_000):
+        table.table.selectRow(row)
+    assert study.active_layer is layers[1] and panel.prediction is layers[1]
+    screenshot(panel, "compare_panel_runs.png")
+    # without a reference: no Dice, no HD95
+    with qtbot.waitSignal(panel.comparisonChanged, timeout=30_000) as blocker:
+        session.set_reference(None)
+    assert blocker.args == [None]
+    assert [table.row_values(r)[3:5] for r in range(2)] == [["—", "—"], ["—", "—"]]

@@ -1,0 +1,591 @@
+"""Episodic fine-tuning of SD-FSMIS, in the idiom of the diffusers training examples (Accelerate).
+
+``train(config, progress=..., cancel=...)`` is a core job shared by the CLI (``sd-fsmis train``, also under
+``accelerate launch``) and the GUI:
+
+- ``Accelerator(mixed_precision, gradient_accumulation_steps)``; the trained networks (U-Net with both input
+  convolutions, VTCT mapper) are one module passed to ``accelerator.prepare`` with the optimiser and the
+  scheduler; VAE and DINOv2 are frozen (cast to the mixed-precision dtype on a GPU);
+- AdamW with two parameter groups (U-Net + ``conv_in_ref``: ``lr_unet``; mapper: ``lr_mapper``), linear
+  decay to 0 without warm-up (``diffusers.optimization.get_scheduler``), gradient clipping, accumulation;
+- loss: :meth:`SDFSMISPipeline.training_loss` (MSE between ``o`` and ``-z_query_mask``); the VAE's posterior
+  sample uses a generator seeded from (seed, process, micro-step), so it needs no saved state;
+- checkpoints ``out/checkpoints/checkpoint-<step>`` via ``accelerator.save_state`` into a temporary folder
+  renamed into place, with ``trainer_state.json`` (step, episode sampler RNG state, loss history, best
+  validation); the newest ``checkpoints_total_limit`` are kept; ``resume=True`` continues from the newest
+  and reproduces the uninterrupted run's losses;
+- cancellation is checked after every optimiser step: a checkpoint and the last model are written, then
+  :class:`~sd_fsmis.core.errors.JobCancelled` is raised;
+- validation every ``validate_every`` steps: EP1 Dice (:func:`sd_fsmis.core.evaluation.evaluate`) of the test
+  classes on the fold's test volumes, and the mean loss of fixed held-out episodes; the best (by Dice) and
+  last models are saved in the model-folder format with the training provenance.
+
+Gradient checkpointing: the SQI attention processors read the support bank's mode when called; a
+recomputation during the backward pass would see the bank already cleared. :func:`sqi_checkpointing`
+restores the bank's mode and entries around each recomputation (``context_fn`` of ``torch.utils.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sd_fsmis.core.atomic import atomic_write_text
+from sd_fsmis.core.augmentation import AugmentationConfig
+from sd_fsmis.core.episodes import Episode, EpisodeSampler, TrainingVolume, load_training_volumes
+from sd_fsmis.core.errors import DeviceError, JobCancelled
+from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
+from sd_fsmis.core.training_config import TrainingConfig, TrainingConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINER_STATE = "trainer_state.json"
+LAST_MODEL = "model"
+BEST_MODEL = "best"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run leaves: its folders, the loss history, the validation results."""
+
+    out: Path
+    model_dir: Path | None
+    best_dir: Path | None
+    steps: int
+    #: mean training loss of each optimiser step (step 1 first)
+    losses: list[float] = field(default_factory=list)
+    #: step -> mean loss of the fixed held-out episodes (step 0 = before training)
+    heldout_losses: dict[int, float] = field(default_factory=dict)
+    #: step -> validation mean Dice (EP1, test classes, the fold's test volumes)
+    validation: dict[int, float] = field(default_factory=dict)
+    best_dice: float | None = None
+    seconds: float = 0.0
+    steps_per_second: float = 0.0
+    resumed_from: int = 0
+
+
+# ------------------------------------------------------------------------------------------ the networks
+class EpisodeLoss(torch.nn.Module):
+    """The trained networks as one module; ``forward`` is the pipeline's episode loss (for ``prepare``)."""
+
+    def __init__(self, pipeline: Any) -> None:
+        super().__init__()
+        self.unet = pipeline.unet
+        self.conv_in_ref = pipeline.conv_in_ref
+        self.mapper = pipeline.mapper
+        self._pipeline = [pipeline]  # not a sub-module: the frozen VAE / DINOv2 stay out of the state
+
+    @property
+    def pipeline(self) -> Any:
+        return self._pipeline[0]
+
+    def forward(
+        self,
+        support_images01: torch.Tensor,
+        support_masks01: torch.Tensor,
+        query_images01: torch.Tensor,
+        query_masks01: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return self.pipeline.training_loss(
+            support_images01, support_masks01, query_images01, query_masks01, generator=generator
+        )
+
+
+def sqi_checkpointing(bank: Any) -> Callable[..., Any]:
+    """A diffusers ``gradient_checkpointing_func`` that replays the SQI bank's state on recomputation."""
+    from torch.utils.checkpoint import checkpoint
+
+    def func(module: torch.nn.Module, *args: Any) -> Any:
+        mode, entries = bank.mode, dict(bank._entries)
+
+        @contextlib.contextmanager
+        def replay():
+            saved = bank.mode, bank._entries
+            bank.mode, bank._entries = mode, dict(entries)
+            try:
+                yield
+            finally:
+                bank.mode, bank._entries = saved
+
+        return checkpoint(
+            module.__call__,
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), replay()),
+        )
+
+    return func
+
+
+def add_lora(unet: torch.nn.Module, rank: int, alpha: float) -> None:
+    """Freeze the U-Net except LoRA adapters on its attention projections and the input convolution."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    )
+    unet.conv_in.requires_grad_(True)
+
+
+def merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``unet`` with any LoRA adapters merged into plain layers (for the model folder)."""
+    from peft.tuners.lora import LoraLayer
+
+    if not any(isinstance(m, LoraLayer) for m in unet.modules()):
+        return unet
+    merged = copy.deepcopy(unet)
+    for name, module in list(merged.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = merged.get_submodule(parent_name) if parent_name else merged
+            setattr(parent, child, module.get_base_layer())
+    merged._hf_peft_config_loaded = False
+    if hasattr(merged, "peft_config"):
+        del merged.peft_config
+    return merged
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def mixed_precision_for(config: TrainingConfig, device_type: str) -> str:
+    """Accelerate's ``mixed_precision``: "no", "bf16" or "fp16"."""
+    if config.precision == "fp32":
+        return "no"
+    if config.precision == "auto":
+        if device_type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"
+    if config.precision == "fp16" and device_type != "cuda":
+        raise DeviceError("fp16 mixed precision needs a CUDA GPU; use --precision fp32 or bf16")
+    return config.precision
+
+
+def episode_tensors(episode: Episode, pipeline: Any) -> tuple[torch.Tensor, ...]:
+    """An episode at model size: support images/masks ``[K, 1, S, S]``, query ones ``[1, 1, S, S]``."""
+    s_img, s_mask = pipeline.support_inputs(episode.support_images, episode.support_masks)
+    q_img, q_mask = pipeline.support_inputs(episode.query_images, episode.query_masks)
+    return s_img, s_mask, q_img, q_mask
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Finished checkpoints in ``out/checkpoints``, oldest first."""
+    root = out / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file():
+            with contextlib.suppress(ValueError):
+                found.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
+    return [p for _, p in sorted(found)]
+
+
+def heldout_loss(pipeline: Any, tensors: list[tuple[torch.Tensor, ...]], seed: int) -> float:
+    """Mean episode loss over fixed episodes, with a fixed VAE sampling generator (no gradients)."""
+    if not tensors:
+        return float("nan")
+    generator = torch.Generator(pipeline.device).manual_seed(seed)
+    with torch.no_grad():
+        values = [float(pipeline.training_loss(*t, generator=generator)) for t in tensors]
+    return float(np.mean(values))
+
+
+def _fresh_accelerate_state() -> None:
+    """Forget a previous run's Accelerate state in this process (another precision or device may follow,
+    e.g. in the GUI); under ``accelerate launch`` (several processes) the launcher's state is kept."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if PartialState._shared_state.get("num_processes", 1) > 1:
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _fold_ids(ids: list[int], config: TrainingConfig) -> list[int]:
+    from sd_fsmis.core.evaluation import fold_split
+
+    return fold_split(ids, config.fold, n_folds=config.n_folds, shots=config.shots).ids
+
+
+# ------------------------------------------------------------------------------------------ the job
+def train(
+    config: TrainingConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrainingResult:
+    """Fine-tune the model ``config.model`` on episodes of ``config.data``; see the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    from sd_fsmis.core.datasets import FewShotDataset
+    from sd_fsmis.core.device import select_device
+    from sd_fsmis.core.model.store import load_pipeline, resolve_model
+
+    config = config.validate()
+    _fresh_accelerate_state()
+    out = Path(config.out).expanduser().resolve()
+    device_name = (config.device or "auto").lower()
+    wanted = select_device(device_name)  # DeviceError with one line when missing
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision_for(config, wanted.type),
+        gradient_accumulation_steps=config.accumulation,
+        cpu=wanted.type == "cpu",
+        project_config=ProjectConfiguration(project_dir=str(out)),
+    )
+    set_seed(config.seed)
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "training_config.json", config.to_json())
+
+    # -- data --------------------------------------------------------------------------------------------
+    dataset = FewShotDataset.open(config.data)
+    held_out_ids = _fold_ids(dataset.ids, config)
+    train_ids = (
+        config.train_ids
+        if config.train_ids is not None
+        else [i for i in dataset.ids if i not in held_out_ids]
+    )
+    overlap = sorted(set(train_ids) & set(held_out_ids))
+    if overlap:
+        raise TrainingConfigError(f"training volumes {overlap} belong to test fold {config.fold}")
+    volumes = load_training_volumes(dataset, train_ids, source=config.source)
+    sampler = EpisodeSampler(
+        volumes,
+        shots=config.shots,
+        min_pixels=config.min_pixels,
+        setting=config.setting,
+        test_classes=config.test_classes,
+        exclusion=config.exclusion,
+        augmentation=AugmentationConfig() if config.augment else None,
+        seed=config.seed + 1000 * accelerator.process_index,
+    )
+    trained_classes = [dataset.class_name(c) for c in sampler.classes] if config.source == "labels" else []
+
+    # -- model -------------------------------------------------------------------------------------------
+    base_dir = resolve_model(config.model)
+    pipeline = load_pipeline(base_dir, device=accelerator.device, dtype=torch.float32)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    if accelerator.device.type == "cuda" and weight_dtype != torch.float32:
+        pipeline.image_encoder.to(dtype=weight_dtype)
+        if not (weight_dtype == torch.float16 and pipeline.vae.config.get("force_upcast")):
+            pipeline.vae.to(dtype=weight_dtype)
+    pipeline.vae.requires_grad_(False).eval()
+    pipeline.image_encoder.requires_grad_(False).eval()
+    if config.lora:
+        add_lora(pipeline.unet, config.lora_rank, config.lora_alpha)
+    if config.gradient_checkpointing:
+        pipeline.unet.enable_gradient_checkpointing(sqi_checkpointing(pipeline.bank))
+    model = EpisodeLoss(pipeline)
+    model.train()
+    unet_params = [
+        p for p in [*pipeline.unet.parameters(), *pipeline.conv_in_ref.parameters()] if p.requires_grad
+    ]
+    mapper_params = [p for p in pipeline.mapper.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": unet_params, "lr": config.lr_unet}, {"params": mapper_params, "lr": config.lr_mapper}],
+        betas=tuple(config.adam_betas),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.warmup_steps * accelerator.num_processes,
+        num_training_steps=config.steps * accelerator.num_processes,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    trainable = unet_params + mapper_params
+
+    # -- resume ------------------------------------------------------------------------------------------
+    global_step = 0
+    state: dict[str, Any] = {"losses": [], "heldout_losses": {}, "validation": {}, "best_dice": None}
+    if config.resume:
+        found = checkpoint_dirs(out)
+        if found:
+            newest = found[-1]
+            accelerator.load_state(str(newest))
+            state = json.loads((newest / TRAINER_STATE).read_text(encoding="utf-8"))
+            global_step = int(state["step"])
+            samplers = state.get("samplers", {})
+            sampler.load_state_dict(samplers.get(str(accelerator.process_index), state["sampler"]))
+            log.info("resumed from %s (step %d)", newest, global_step)
+        else:
+            log.info("no checkpoint in %s: starting a new run", out / CHECKPOINTS)
+    resumed_from = global_step
+    losses: list[float] = list(state["losses"])
+    heldout: dict[int, float] = {int(k): v for k, v in state["heldout_losses"].items()}
+    validation: dict[int, float] = {int(k): v for k, v in state["validation"].items()}
+    best_dice: float | None = state["best_dice"]
+
+    # -- held-out episodes (fixed) -----------------------------------------------------------------------
+    heldout_tensors: list[tuple[torch.Tensor, ...]] = []
+    if config.heldout_episodes > 0 and main:
+        ho_volumes = load_training_volumes(dataset, held_out_ids)
+        ho_sampler = EpisodeSampler(
+            ho_volumes, shots=config.shots, min_pixels=config.min_pixels, seed=config.seed + 7
+        )
+        heldout_tensors = [
+            episode_tensors(ho_sampler.sample(), pipeline) for _ in range(config.heldout_episodes)
+        ]
+
+    def provenance_config(step: int, dice: float | None):
+        from sd_fsmis.core.model.config import TrainingProvenance
+
+        base = pipeline.config
+        extra = {
+            "training_config": config.to_dict(),
+            "validation_dice": {str(k): v for k, v in validation.items()},
+            "heldout_loss": {str(k): v for k, v in heldout.items()},
+        }
+        if dice is not None:
+            extra["best_dice"] = dice
+        return dataclasses.replace(
+            base,
+            name="",
+            created="",
+            description=f"fine-tuned from {base_dir.name}: fold {config.fold}, setting {config.setting}, "
+            f"{step} steps",
+            classes=trained_classes,
+            training=TrainingProvenance(
+                kind="fine-tuned",
+                sources={"parent": str(base_dir), "data": str(Path(config.data).resolve())},
+                steps=step,
+                seed=config.seed,
+                held_out_classes=[dataset.class_name(c) for c in config.test_classes],
+                datasets=[f"{Path(config.data).name}: volumes {', '.join(str(i) for i in train_ids)}"],
+                notes=f"fold {config.fold}, setting {config.setting} ({config.exclusion}), "
+                f"source {config.source}" + (", LoRA merged" if config.lora else ""),
+                extra=extra,
+            ),
+        )
+
+    def save_model(folder: str, step: int, dice: float | None = None) -> Path | None:
+        from sd_fsmis.core.model.store import write_model_folder
+
+        if not main:
+            return None
+        unwrapped = accelerator.unwrap_model(model)
+        sources = pipeline.component_dirs
+        return write_model_folder(
+            out / folder,
+            config=dataclasses.replace(provenance_config(step, dice), name=f"{out.name}-{folder}"),
+            unet=merged_unet(unwrapped.unet),
+            conv_in_ref=unwrapped.conv_in_ref,
+            mapper=unwrapped.mapper,
+            vae=sources.get("vae", pipeline.vae),
+            image_encoder=sources.get("image_encoder", pipeline.image_encoder),
+            dino_preprocessing=pipeline.dino_preprocessing,
+            copy_weights=config.copy_frozen,
+            overwrite=True,
+        )
+
+    def save_checkpoint(step: int) -> Path:
+        root = out / CHECKPOINTS
+        final = root / f"{CHECKPOINT_PREFIX}{step}"
+        tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"  # the same name on every process
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        samplers = {str(accelerator.process_index): sampler.state_dict()}
+        if accelerator.num_processes > 1:  # every process keeps its own sampler state
+            atomic_write_text(
+                tmp / f"sampler_{accelerator.process_index}.json", json.dumps(sampler.state_dict())
+            )
+        accelerator.wait_for_everyone()
+        if main:
+            for p in tmp.glob("sampler_*.json"):
+                samplers[p.stem.split("_", 1)[1]] = json.loads(p.read_text(encoding="utf-8"))
+            trainer_state = {
+                "step": step,
+                "sampler": sampler.state_dict(),
+                "samplers": samplers,
+                "losses": losses,
+                "heldout_losses": {str(k): v for k, v in heldout.items()},
+                "validation": {str(k): v for k, v in validation.items()},
+                "best_dice": best_dice,
+                "config": config.to_dict(),
+            }
+            atomic_write_text(tmp / TRAINER_STATE, json.dumps(trainer_state))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoint_dirs(out)[: -config.checkpoints_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    def run_validation(step: int) -> dict[str, Any]:
+        nonlocal best_dice
+        results: dict[str, Any] = {}
+        if main and heldout_tensors:
+            model.eval()
+            with accelerator.autocast():
+                heldout[step] = heldout_loss(pipeline, heldout_tensors, config.seed)
+            results["heldout_loss"] = heldout[step]
+        if main and config.dice_validation:
+            from sd_fsmis.core.evaluation import evaluate
+            from sd_fsmis.core.model.engine import SDFSMISEngine
+
+            model.eval()
+            engine = SDFSMISEngine(pipeline, name=f"{out.name}@{step}")
+            with accelerator.autocast():  # the frozen parts may be bf16/fp16, the trained ones fp32
+                report = evaluate(
+                    dataset,
+                    engine,
+                    protocol="ep1",
+                    folds=[config.fold],
+                    labels=config.test_classes,
+                    shots=config.shots,
+                    n_folds=config.n_folds,
+                    surface=False,
+                )
+            dice = float(report.mean_dice())
+            validation[step] = dice
+            results["dice"] = dice
+            results["class_dice"] = {dataset.class_name(k): v for k, v in report.class_dice().items()}
+            if step > 0 and (best_dice is None or dice > best_dice):
+                best_dice = dice
+                save_model(BEST_MODEL, step, dice)
+                results["best"] = True
+        model.train()
+        accelerator.wait_for_everyone()
+        return results
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    report = progress or (lambda p: None)
+    start = time.perf_counter()
+    window_start, window_steps = start, 0
+
+    def emit(message: str, **extra: Any) -> None:
+        report(
+            Progress(
+                done=global_step,
+                total=config.steps,
+                message=message,
+                elapsed_s=time.perf_counter() - start,
+                extra=extra,
+            )
+        )
+
+    if (
+        global_step == 0
+        and main
+        and (heldout_tensors or (config.dice_validation and config.validate_every > 0))
+    ):
+        if heldout_tensors:
+            model.eval()
+            with accelerator.autocast():
+                heldout[0] = heldout_loss(pipeline, heldout_tensors, config.seed)
+            model.train()
+        emit("before training", step=0, validation={"heldout_loss": heldout.get(0)})
+    micro = global_step * config.accumulation
+    step_losses: list[torch.Tensor] = []
+    while global_step < config.steps:
+        episode = sampler.sample()
+        tensors = episode_tensors(episode, pipeline)
+        generator = torch.Generator(accelerator.device).manual_seed(
+            (config.seed * 1_000_003 + micro * 97 + accelerator.process_index) % (2**63)
+        )
+        micro += 1
+        with accelerator.accumulate(model):
+            loss = model(*tensors, generator=generator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        step_losses.append(loss.detach())
+        if not accelerator.sync_gradients:
+            continue
+        global_step += 1
+        window_steps += 1
+        step_loss = accelerator.gather(torch.stack(step_losses).mean()[None]).mean()
+        losses.append(float(step_loss))
+        step_losses = []
+        elapsed = time.perf_counter() - window_start
+        steps_per_s = window_steps / elapsed if elapsed > 0 else 0.0
+        extra: dict[str, Any] = {
+            "step": global_step,
+            "loss": losses[-1],
+            "lr": lr_scheduler.get_last_lr()[0],
+            "lr_mapper": lr_scheduler.get_last_lr()[-1],
+            "samples_per_s": steps_per_s * config.accumulation * accelerator.num_processes,
+            "eta_s": (config.steps - global_step) / steps_per_s if steps_per_s > 0 else None,
+        }
+        if config.validate_every and global_step % config.validate_every == 0 and global_step < config.steps:
+            extra["validation"] = run_validation(global_step)
+        cancelled = cancel is not None and cancel.cancelled
+        if accelerator.num_processes > 1:  # stop together: every process must join the checkpoint
+            flag = torch.tensor([float(cancelled)], device=accelerator.device)
+            cancelled = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        if global_step % config.checkpoint_every == 0 or cancelled:
+            extra["checkpoint"] = str(save_checkpoint(global_step))
+        emit(f"step {global_step}: loss {losses[-1]:.4f}", **extra)
+        if cancelled:
+            save_model(LAST_MODEL, global_step)
+            raise JobCancelled(
+                f"training cancelled at step {global_step}; checkpoint {extra['checkpoint']} "
+                "(continue with --resume)"
+            )
+
+    # -- the end -----------------------------------------------------------------------------------------
+    seconds = time.perf_counter() - start
+    final_validation = run_validation(global_step) if global_step > resumed_from or not validation else {}
+    if not checkpoint_dirs(out) or checkpoint_dirs(out)[-1].name != f"{CHECKPOINT_PREFIX}{global_step}":
+        save_checkpoint(global_step)
+    model_dir = save_model(LAST_MODEL, global_step)
+    emit("finished", step=global_step, validation=final_validation)
+    accelerator.end_training()
+    done = global_step - resumed_from
+    return TrainingResult(
+        out=out,
+        model_dir=model_dir,
+        best_dir=(out / BEST_MODEL) if (out / BEST_MODEL).is_dir() else None,
+        steps=global_step,
+        losses=losses,
+        heldout_losses=dict(sorted(heldout.items())),
+        validation=dict(sorted(validation.items())),
+        best_dice=best_dice,
+        seconds=seconds,
+        steps_per_second=done / seconds if seconds > 0 and done else 0.0,
+        resumed_from=resumed_from,
+    )
+
+
+__all__ = [
+    "EpisodeLoss",
+    "TrainingConfig",
+    "TrainingResult",
+    "TrainingVolume",
+    "checkpoint_dirs",
+    "heldout_loss",
+    "merged_unet",
+    "sqi_checkpointing",
+    "train",
+]

@@ -1,0 +1,76 @@
+"""``sd-fsmis train`` through its module (register + run): flags, a JSON config, resume, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from sd_fsmis.commands import train as train_command
+from sd_fsmis.core.model.config import ModelConfig
+from sd_fsmis.core.model.create import create_preset_model
+from sd_fsmis.core.training_config import TrainingConfigError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sd-fsmis")
+    train_command.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *argv])
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": "m", "data": "d", "out": "o", "steps": 100, "lr_unet": 2e-5}))
+    args = parse(
+        [
+            "--config",
+            str(path),
+            "--steps",
+            "7",
+            "--setting",
+            "2",
+            "--exclusion",
+            "all",
+            "--test-classes",
+            "1,4",
+            "--lora",
+            "--gradient-checkpointing",
+            "--precision",
+            "bf16",
+            "--no-validation",
+            "--resume",
+        ]
+    )
+    config = train_command.build_config(args)
+    assert (config.steps, config.lr_unet, config.setting, config.exclusion) == (7, 2e-5, 2, "all")
+    assert config.test_classes == [1, 4] and config.lora and config.gradient_checkpointing
+    assert config.precision == "bf16" and not config.dice_validation and config.resume
+    assert config.accumulation == 4 and config.seed == 42  # the reference's defaults
+    with pytest.raises(TrainingConfigError, match="model"):
+        train_command.build_config(parse(["--data", "d", "--out", "o"]))
+
+
+def test_train_command_writes_a_model_and_resumes(chaos_dir, tmp_path, capsys):
+    base = create_preset_model("tiny", out=tmp_path / "base", seed=0)
+    argv = ["--model", str(base), "--data", str(chaos_dir), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    argv += ["--fold", "1", "--accumulation", "1", "--checkpoint-every", "2", "--heldout-episodes", "2"]
+    argv += ["--validate-every", "0", "--no-validation"]
+    assert train_command.run(parse([*argv, "--steps", "3"])) == 0
+    out = capsys.readouterr().out
+    assert "trained 3 steps" in out and "last model:" in out and "held-out loss" in out
+    config = ModelConfig.load(tmp_path / "run" / "model")
+    assert config.training.steps == 3 and config.training.extra["training_config"]["fold"] == 1
+    assert train_command.run(parse([*argv, "--steps", "5", "--resume"])) == 0
+    assert ModelConfig.load(tmp_path / "run" / "model").training.steps == 5
+    saved = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert saved["steps"] == 5 and saved["resume"] is True

@@ -1,18 +1,27 @@
-"""Few-shot evaluation datasets on disk: a folder laid out like the CHAOS T2 one.
+"""Annotated volumes on disk for training and evaluation: a CHAOS-like folder or a manifest file.
 
-::
+A folder laid out like the CHAOS T2 one::
 
     DIR/images/image_<ID>.nii.gz     the volumes
     DIR/labels/label_<ID>.nii.gz     their label maps (0 background, 1..N classes)
     DIR/supervoxels/supervoxel_<ID>.nii.gz   optional pseudo-labels (self-supervised training)
 
-IDs are whole numbers and are sorted as integers (the literature's folds index that order). Class names
-are known for the CHAOS layout (1 liver, 2 right kidney, 3 left kidney, 4 spleen); other folders get
-"Label N" unless the caller passes names.
+or a manifest for a user's own data (DICOM folders/files or NIfTI; paths relative to the manifest)::
+
+    manifest.json  {"classes": {"1": "liver", "2": "spleen"},
+                    "cases": [{"id": 7, "image": "pat7/CT/", "series": "1.2.3...", "label": "pat7.nii.gz"}]}
+    manifest.csv   id,image,label[,series][,supervoxels][,classes]   (classes like "1:liver;2:spleen")
+
+IDs are whole numbers and are sorted as integers (the literature's folds index that order); a manifest
+without ids numbers its cases 1..N in file order. Class names are known for the CHAOS layout (1 liver,
+2 right kidney, 3 left kidney, 4 spleen); other data get "Label N" unless names are given. Each label map
+must lie on its image's grid: the loaders check it and refuse a mismatch with a clear message.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -39,6 +48,8 @@ class Case:
     image: Path
     label: Path
     supervoxels: Path | None = None
+    #: the series to read when ``image`` is a DICOM folder holding several
+    series_uid: str | None = None
 
 
 @dataclass
@@ -53,10 +64,12 @@ class FewShotDataset:
     def open(
         cls, root: str | os.PathLike[str], class_names: Mapping[int, str] | None = None
     ) -> FewShotDataset:
-        """Index ``root``; raise :class:`DatasetError` if it is missing or not laid out as expected."""
+        """Index ``root`` (a folder or a .json/.csv manifest); :class:`DatasetError` if it is unusable."""
         root = Path(root)
         if not root.exists():
-            raise DatasetError(f"{root}: no such data folder")
+            raise DatasetError(f"{root}: no such data folder or manifest")
+        if root.is_file() and root.suffix.lower() in (".json", ".csv"):
+            return _open_manifest(root, class_names)
         if not root.is_dir():
             raise DatasetError(f"{root}: not a folder (expected images/ and labels/ inside)")
         images, labels = root / "images", root / "labels"
@@ -97,6 +110,53 @@ class FewShotDataset:
 
     def class_name(self, label: int) -> str:
         return self.class_names.get(int(label), f"Label {int(label)}")
+
+
+def _open_manifest(path: Path, class_names: Mapping[int, str] | None) -> FewShotDataset:
+    """Read a JSON or CSV manifest (see the module docstring)."""
+    try:
+        if path.suffix.lower() == ".json":
+            document = json.loads(path.read_text("utf-8"))
+            rows = document.get("cases") if isinstance(document, dict) else document
+            classes = document.get("classes", {}) if isinstance(document, dict) else {}
+        else:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            classes = {}
+            for row in rows:
+                for item in filter(None, (row.get("classes") or "").split(";")):
+                    value, _, name = item.partition(":")
+                    classes[value.strip()] = name.strip()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read the manifest ({exc})") from None
+    if not isinstance(rows, list) or not rows:
+        raise DatasetError(f"{path}: the manifest lists no cases")
+    base = path.parent
+    cases = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("image") or not row.get("label"):
+            raise DatasetError(f"{path}: case {number} needs an image and a label path")
+        try:
+            case_id = int(row.get("id") or number)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}: case {number}: id {row.get('id')!r} is not a whole number") from None
+        image, label = base / str(row["image"]), base / str(row["label"])
+        for what, p in (("image", image), ("label map", label)):
+            if not p.exists():
+                raise DatasetError(f"{path}: case {case_id}: the {what} {p} does not exist")
+        supervoxels = base / str(row["supervoxels"]) if row.get("supervoxels") else None
+        cases.append(Case(case_id, image, label, supervoxels, str(row.get("series") or "") or None))
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise DatasetError(f"{path}: the same case id appears twice")
+    cases.sort(key=lambda c: c.id)
+    try:
+        names = {int(k): str(v) for k, v in dict(classes).items()}
+    except (TypeError, ValueError):
+        raise DatasetError(f'{path}: classes must map label values to names, e.g. {{"1": "liver"}}') from None
+    if class_names is not None:
+        names.update(class_names)
+    return FewShotDataset(path, cases, names)
 
 
 def _first_existing(folder: Path, stem: str) -> Path | None:

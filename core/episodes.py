@@ -82,12 +82,11 @@ def load_training_volumes(
     out = []
     for case_id in ids:
         case = dataset.case(case_id)
-        volume = load_volume(case.image)
-        annotation = np.asarray(LabelMap.load(case.label, labels=dataset.class_names).array)
-        if annotation.shape != volume.array.shape:
-            raise EpisodeError(
-                f"volume {case_id}: label map {annotation.shape} vs image {volume.array.shape}"
-            )
+        volume = load_volume(case.image, case.series_uid)
+        # a label map on another grid is refused with a message naming every difference
+        annotation = np.asarray(
+            LabelMap.load(case.label, like=volume.geometry, labels=dataset.class_names).array
+        )
         image = normalize_intensities(volume.array)
         if source == "supervoxels":
             if case.supervoxels is None:

@@ -546,7 +546,7 @@ def _examples(
 def _load_case(dataset: FewShotDataset, case_id: int, labels: LabelMap) -> _Case:
     """A volume with its (already read) label map, which must lie on the volume's grid."""
     entry = dataset.case(case_id)
-    volume = load_volume(entry.image)
+    volume = load_volume(entry.image, entry.series_uid)
     volume.geometry.require_match(labels.geometry, what=f"label map {entry.label.name}", of="volume")
     return _Case(volume, labels, normalize_intensities(volume.array))
 

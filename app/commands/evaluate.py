@@ -28,7 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME|DIR",
         help="model name in the store, a model folder, or 'classical'",
     )
-    p.add_argument("--data", required=True, metavar="DIR", help="data folder with images/ and labels/")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR|MANIFEST",
+        help="data folder with images/ and labels/ (like CHAOS), or a .json/.csv manifest",
+    )
     p.add_argument(
         "--fold", default="all", metavar="K|all", help="fold 0..4, several as 0,2, or 'all' (default)"
     )

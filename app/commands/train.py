@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE.json", help="training config as JSON (flags override it)")
     p.add_argument("--model", metavar="NAME|DIR", help="model to start from (store name or folder)")
-    p.add_argument("--data", metavar="DIR", help="data folder with images/ and labels/")
+    p.add_argument(
+        "--data",
+        metavar="DIR|MANIFEST",
+        help="data folder with images/ and labels/ (like CHAOS), or a .json/.csv manifest",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (checkpoints, models)")
     p.add_argument("--fold", type=int, metavar="K", help="test fold 0..4 (default 0)")
     p.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default 15000)")

@@ -487,7 +487,9 @@ class ComparePanel(QtWidgets.QWidget):
         row_height = self.metrics.verticalHeader().defaultSectionSize()
         header = self.metrics.horizontalHeader().sizeHint().height()
         frame = 2 * self.metrics.frameWidth()
-        self.metrics.setFixedHeight(header + rows * row_height + frame)
+        # room for the horizontal scroll bar too: in a narrow dock it would otherwise cover the last row
+        scroll = self.metrics.horizontalScrollBar().sizeHint().height()
+        self.metrics.setFixedHeight(header + rows * row_height + frame + scroll)
 
     def metric_texts(self) -> list[list[str]]:
         """The metrics table as shown, row by row (for tests and copy)."""

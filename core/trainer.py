@@ -113,22 +113,12 @@ def sqi_checkpointing(bank: Any) -> Callable[..., Any]:
     from torch.utils.checkpoint import checkpoint
 
     def func(module: torch.nn.Module, *args: Any) -> Any:
-        mode, entries = bank.mode, dict(bank._entries)
-
-        @contextlib.contextmanager
-        def replay():
-            saved = bank.mode, bank._entries
-            bank.mode, bank._entries = mode, dict(entries)
-            try:
-                yield
-            finally:
-                bank.mode, bank._entries = saved
-
+        state = bank.snapshot()  # the bank as the forward pass saw it, replayed when the layer is recomputed
         return checkpoint(
             module.__call__,
             *args,
             use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), replay()),
+            context_fn=lambda: (contextlib.nullcontext(), bank.replay(state)),
         )
 
     return func

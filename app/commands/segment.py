@@ -38,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="query slices per batch")
     p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="model arithmetic (auto: bf16/fp16 on a GPU, fp32 on the CPU; bf16 on a recent CPU is about "
+        "2x faster with near-identical masks)",
+    )
+    p.add_argument(
         "--nearest-support",
         action="store_true",
         help="with several supports, each query slice uses the nearest one instead of all K",
@@ -149,7 +156,8 @@ def _load_engine(args: argparse.Namespace):
     from sd_fsmis.core.engines.registry import default_engine_name, load_engine
 
     name = args.model or default_engine_name()
-    return load_engine(name, device=args.device, batch_size=args.batch_size)
+    precision = None if args.precision == "auto" else args.precision
+    return load_engine(name, device=args.device, batch_size=args.batch_size, precision=precision)
 
 
 def _voxel_ml(volume) -> float:

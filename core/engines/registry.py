@@ -54,9 +54,11 @@ def default_engine_name() -> str:
 
 
 def load_engine(
-    name_or_dir: str, *, device: str = "auto", batch_size: int | None = None
+    name_or_dir: str, *, device: str = "auto", batch_size: int | None = None, precision: str | None = None
 ) -> SegmentationEngine:
     """The engine called ``name_or_dir``: ``"classical"``, or a model's name in the store or its folder.
+
+    ``precision``: "fp32", "bf16" or "fp16" for a model (None: bf16/fp16 on CUDA, fp32 elsewhere).
 
     Raises :class:`ModelError` when the model cannot be found or the model package is not installed.
     """
@@ -77,7 +79,9 @@ def load_engine(
                 f"(use --model {CLASSICAL})"
             ) from None
         raise ModelError(f"cannot load model {name_or_dir!r}: {exc.name} is not installed") from None
-    return engine_module.SDFSMISEngine.from_pretrained(name_or_dir, device=device, batch_size=batch_size)
+    return engine_module.SDFSMISEngine.from_pretrained(
+        name_or_dir, device=device, batch_size=batch_size, dtype=precision
+    )
 
 
 def _stored_models() -> list[EngineChoice]:

@@ -675,3 +675,23 @@ def test_screenshot_of_the_main_window_for_review(demo_window, qtbot):
     assert window.grab().save(str(path))
     image = QtGui.QImage(str(path))
     assert image.width() >= 1400 and image.height() >= 900
+
+
+def test_dicomdir_opens_through_the_series_chooser(make_window, pydicom_file):
+    """pydicom's DICOMDIR test tree: several patients and series, the chooser lists them all."""
+    dicomdir = pydicom_file("DICOMDIR")
+    window = make_window()
+    listed: list[int] = []
+
+    def choose(series, path):
+        listed.append(len(series))
+        usable = [s for s in series if not s.error]
+        return [max(usable, key=lambda s: s.size[2])]  # the user picks the series with the most slices
+
+    window.opener.choose = choose
+    window.open_paths([dicomdir])
+    assert window.wait_idle(60_000)
+    assert listed and listed[0] > 1
+    study = window.session.active_study
+    assert study is not None and study.volume.shape[0] > 1
+    assert study.volume.metadata.source_format.startswith("dicom")

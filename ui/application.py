@@ -108,10 +108,24 @@ def offer_restore(folder: str | os.PathLike[str] | None = None, ask: Callable[[o
     return None
 
 
+def _no_display() -> bool:
+    """True on Linux/BSD without X11 or Wayland, where Qt would abort instead of opening a window."""
+    if not sys.platform.startswith(("linux", "freebsd")) or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run_application(paths: list[str] | None = None, demo: bool = False, self_test: bool = False) -> int:
     """Create the QApplication and the main window; return the exit code."""
     if self_test:
         return run_self_test()
+    if _no_display():
+        print(
+            "sd-fsmis: error: no display to open the window on (DISPLAY and WAYLAND_DISPLAY are unset); "
+            "use the sub-commands (sd-fsmis --help) on a headless machine",
+            file=sys.stderr,
+        )
+        return 2
     app = make_application()
     route_qt_messages()
     from sd_fsmis.core.session import Session

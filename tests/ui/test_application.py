@@ -148,3 +148,14 @@ def test_self_test_reports_a_failure_with_a_message(qapp, demo_cache, monkeypatc
 
 def _fail_fast(window, timeout_s):
     raise application.SelfTestError("the demo study did not open")
+
+
+def test_no_display_is_one_clear_message(monkeypatch, capsys):
+    from sd_fsmis.ui import application
+
+    monkeypatch.setattr(application.sys, "platform", "linux")
+    for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    assert application.run_application() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no display" in err[0]

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from sd_fsmis.core.dicom_headers import SliceHeader, one_line, read_dataset
 from sd_fsmis.core.dicom_series import DicomSeries, header_geometry
 from sd_fsmis.core.errors import JobCancelled, StudyReadError
-from sd_fsmis.core.imagefile import _itk_reason
+from sd_fsmis.core.imagefile import itk_reason
 from sd_fsmis.core.jobs import CancelToken, ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def read_pixels(
     try:
         image = _execute(reader, len(files), reporter, cancel)
     except RuntimeError as exc:
-        gdcm_reason = _itk_reason(exc)
+        gdcm_reason = itk_reason(exc)
         log.info("GDCM cannot read %s (%s); trying pydicom", files[0], gdcm_reason)
         image = _read_with_pydicom(series, gdcm_reason, cancel)
         return image, [f"pixels decoded by pydicom (GDCM could not: {gdcm_reason})"]

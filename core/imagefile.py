@@ -36,10 +36,10 @@ def read_image(path: str | os.PathLike[str], pixel_type: int = sitk.sitkUnknown)
     try:
         return sitk.ReadImage(str(p), pixel_type)
     except RuntimeError as exc:
-        raise StudyReadError(f"{p}: cannot be read as an image ({_itk_reason(exc)})") from exc
+        raise StudyReadError(f"{p}: cannot be read as an image ({itk_reason(exc)})") from exc
 
 
-def _itk_reason(exc: RuntimeError) -> str:
+def itk_reason(exc: RuntimeError) -> str:
     """The useful last line of an ITK exception text."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for line in reversed(lines):

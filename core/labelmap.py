@@ -25,12 +25,9 @@ are refused with :class:`~sd_fsmis.core.errors.MaskError`.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
-import struct
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from sd_fsmis.core import nifti
 from sd_fsmis.core.atomic import atomic_path
-from sd_fsmis.core.errors import GeometryMismatchError, MaskError, StudyReadError
+from sd_fsmis.core.errors import GeometryMismatchError, MaskError
 from sd_fsmis.core.geometry import Geometry
-from sd_fsmis.core.imagefile import _itk_reason, is_nifti, read_image
+from sd_fsmis.core.imagefile import check_readable_file, is_nifti, itk_reason, read_image
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +333,7 @@ class LabelMap:
             try:
                 sitk.WriteImage(image, str(tmp_image), useCompression=target.name.lower().endswith(".gz"))
             except RuntimeError as exc:
-                raise OSError(f"{target}: cannot write the mask ({_itk_reason(exc)})") from exc
+                raise OSError(f"{target}: cannot write the mask ({itk_reason(exc)})") from exc
             tmp_sidecar.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
         log.info("saved label map %s (%s labels)", target, len(self.labels))
         return target
@@ -357,10 +355,15 @@ class LabelMap:
         resampled onto ``like`` by nearest neighbour and a note is added to ``warnings``. ``labels``: names
         for values the sidecar does not describe (e.g. :data:`CHAOS_MR_ORGANS`); the sidecar wins.
         """
-        p = Path(path)
-        image = read_image(p)
+        p = check_readable_file(path)
         if is_nifti(p):
-            _check_nifti_complete(p)
+            # the study loader's NIfTI reader: refuses truncated files (SimpleITK reads them silently) and
+            # reads NIfTI-2; images of more than 3 dimensions go to SimpleITK so that _as_3d_scalar says why
+            header = nifti.read_header(p)
+            nifti.check_complete(p, header)
+            image = nifti.read_image(p, header) if header.ndim <= 3 else read_image(p)
+        else:
+            image = read_image(p)
         image = _as_3d_scalar(image, p)
         geometry = Geometry.from_image(image)
         warnings: list[str] = []
@@ -453,58 +456,3 @@ def _read_sidecar(path: Path) -> dict[int, Label]:
     if int(doc.get("version", 0)) > SIDECAR_VERSION:
         raise ValueError(f"written by a newer version (format {doc.get('version')})")
     return make_labels([Label.from_dict(d) for d in doc["labels"]])
-
-
-# ``sizeof_hdr`` of NIfTI-1 and NIfTI-2 headers.
-_NIFTI1_SIZE, _NIFTI2_SIZE = 348, 540
-
-
-def _nifti_expected_bytes(header: bytes) -> int | None:
-    """Bytes a complete NIfTI-1/2 file holds (data offset + voxel data), from its header; None if unknown."""
-    for endian in "<>":
-        if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] == _NIFTI1_SIZE:
-            if len(header) < _NIFTI1_SIZE:
-                return None
-            dim = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            break
-        if len(header) >= 4 and struct.unpack(endian + "i", header[:4])[0] == _NIFTI2_SIZE:
-            if len(header) < _NIFTI2_SIZE:
-                return None
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dim = struct.unpack(endian + "8q", header[16:80])
-            offset = int(struct.unpack(endian + "q", header[168:176])[0])
-            break
-    else:
-        return None
-    ndim = dim[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0:
-        return None
-    voxels = int(np.prod([max(int(d), 1) for d in dim[1 : ndim + 1]], dtype=np.int64))
-    return max(offset, _NIFTI1_SIZE) + voxels * bitpix // 8
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """Raise :class:`StudyReadError` if a NIfTI file is truncated or its gzip stream is corrupt.
-
-    SimpleITK reads a truncated ``.nii.gz`` without complaint (the missing voxels are garbage), so the
-    gzip stream is checked to its end (CRC included) and its length against the header's.
-    """
-    try:
-        if path.name.lower().endswith(".gz"):
-            total = 0
-            with gzip.open(path, "rb") as f:
-                header = f.read(_NIFTI2_SIZE)
-                total = len(header)
-                while chunk := f.read(1 << 22):
-                    total += len(chunk)
-        else:
-            with open(path, "rb") as f:
-                header = f.read(_NIFTI2_SIZE)
-            total = path.stat().st_size
-    except (EOFError, OSError, zlib.error) as exc:
-        raise StudyReadError(f"{path}: the file is truncated or corrupt ({exc})") from exc
-    expected = _nifti_expected_bytes(header)
-    if expected is not None and total < expected:
-        raise StudyReadError(f"{path}: the file is truncated ({total} of {expected} bytes of image data)")

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sd_fsmis.core.errors import StudyReadError
-from sd_fsmis.core.imagefile import _itk_reason
+from sd_fsmis.core.imagefile import itk_reason
 
 # The two header layouts (packed, no padding), as the NIfTI-1 and NIfTI-2 standards define them.
 _NIFTI1_FIELDS = [
@@ -342,7 +342,7 @@ def image_information(path: str | os.PathLike[str], header: NiftiHeader) -> sitk
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            raise StudyReadError(f"{path}: cannot read the NIfTI header ({_itk_reason(exc)})") from exc
+            raise StudyReadError(f"{path}: cannot read the NIfTI header ({itk_reason(exc)})") from exc
     return reader
 
 
@@ -374,4 +374,4 @@ def read_image(
                 reader.SetExtractSize([*size[:3], 0])
             return reader.Execute()
         except RuntimeError as exc:
-            raise StudyReadError(f"{p}: cannot be read as a NIfTI image ({_itk_reason(exc)})") from exc
+            raise StudyReadError(f"{p}: cannot be read as a NIfTI image ({itk_reason(exc)})") from exc

@@ -34,7 +34,7 @@ from sd_fsmis.core import dicom_headers, dicom_pixels, dicom_series, nifti
 from sd_fsmis.core.dicom_series import DicomSeries
 from sd_fsmis.core.errors import MultipleSeriesError, SeriesNotFoundError, StudyReadError
 from sd_fsmis.core.geometry import Geometry
-from sd_fsmis.core.imagefile import _itk_reason, check_readable_file, is_nifti, read_image
+from sd_fsmis.core.imagefile import check_readable_file, is_nifti, itk_reason, read_image
 from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter
 from sd_fsmis.core.quiet import quiet_libraries
 from sd_fsmis.core.volume import Volume, VolumeMetadata
@@ -311,7 +311,7 @@ def _as_study_errors(path: Path) -> Iterator[None]:
     except RuntimeError as exc:
         if "itk" not in str(exc).lower():
             raise
-        raise StudyReadError(f"{path}: cannot be read ({_itk_reason(exc)})") from exc
+        raise StudyReadError(f"{path}: cannot be read ({itk_reason(exc)})") from exc
 
 
 def _list_folder(
@@ -454,7 +454,7 @@ def _single_file_info(p: Path) -> SeriesInfo:
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            raise StudyReadError(f"{p}: cannot be read as an image ({_itk_reason(exc)})") from exc
+            raise StudyReadError(f"{p}: cannot be read as an image ({itk_reason(exc)})") from exc
         return _image_file_info(p, reader, io_name)
     # DICOM without the 128-byte preamble (old ACR-NEMA style exports): pydicom can still parse it
     try:

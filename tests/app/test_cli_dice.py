@@ -14,14 +14,9 @@ from sd_fsmis.core.labelmap import CHAOS_MR_ORGANS, LabelMap
 from sd_fsmis.core.metrics import compare_label_maps
 
 
-def chaos_label(chaos, case_id: int):
-    """conftest's helper (conftest cannot be imported under --import-mode=importlib)."""
-    return chaos / "labels" / f"label_{case_id}.nii.gz"
-
-
 @pytest.fixture
-def ref_path(chaos_dir):
-    return chaos_label(chaos_dir, 1)  # read in place, never written
+def ref_path(chaos_label_path):
+    return chaos_label_path(1)  # read in place, never written
 
 
 @pytest.fixture
@@ -118,8 +113,8 @@ def test_truncated_file(pred_path, ref_path, capsys):
     assert "truncated" in _one_error_line(capsys)
 
 
-def test_mask_of_another_size(chaos_dir, ref_path, capsys):
-    other = chaos_label(chaos_dir, 2)  # another patient: 31 slices, another origin
+def test_mask_of_another_size(chaos_label_path, ref_path, capsys):
+    other = chaos_label_path(2)  # another patient: 31 slices, another origin
     assert main(["dice", str(other), str(ref_path)]) == 2
     line = _one_error_line(capsys)
     assert "does not match the reference's geometry" in line and "size" in line

@@ -23,12 +23,6 @@ from sd_fsmis.core.labelmap import (
     make_labels,
 )
 
-
-def chaos_label(chaos, case_id: int):
-    """conftest's helper (conftest cannot be imported under --import-mode=importlib)."""
-    return chaos / "labels" / f"label_{case_id}.nii.gz"
-
-
 GRID = Geometry(
     size=(6, 5, 4),  # x, y, z -> numpy (4, 5, 6)
     spacing=(1.25, 1.25, 7.7),
@@ -123,8 +117,8 @@ def test_queries():
 
 
 # ----------------------------------------------------------------------------------------- file I/O
-def test_round_trip_is_exact_for_a_chaos_label_map(chaos_dir, tmp_path):
-    source = chaos_label(chaos_dir, 1)
+def test_round_trip_is_exact_for_a_chaos_label_map(chaos_label_path, tmp_path):
+    source = chaos_label_path(1)
     original = sitk.ReadImage(str(source))  # float64 0..4 in the file
     lm = LabelMap.load(source, labels=CHAOS_MR_ORGANS)
     assert lm.array.dtype == np.uint8
@@ -200,8 +194,8 @@ def test_broken_files_are_refused(tmp_path):
             LabelMap.load(path)
 
 
-def test_truncated_chaos_file_is_refused(chaos_dir, tmp_path):
-    data = chaos_label(chaos_dir, 2).read_bytes()
+def test_truncated_chaos_file_is_refused(chaos_label_path, tmp_path):
+    data = chaos_label_path(2).read_bytes()
     truncated = tmp_path / "label_2.nii.gz"
     truncated.write_bytes(data[: int(len(data) * 0.9)])
     with pytest.raises(StudyReadError, match="truncated"):
@@ -233,11 +227,11 @@ def test_other_grid_refused_or_resampled(tmp_path):
     assert LabelMap.load(path, like=GRID).warnings == []
 
 
-def test_chaos_mask_on_another_volume_grid(chaos_dir):
-    other = Geometry.from_image(sitk.ReadImage(str(chaos_label(chaos_dir, 2))))
+def test_chaos_mask_on_another_volume_grid(chaos_label_path):
+    other = Geometry.from_image(sitk.ReadImage(str(chaos_label_path(2))))
     with pytest.raises(GeometryMismatchError, match="size"):
-        LabelMap.load(chaos_label(chaos_dir, 1), like=other)
-    lm = LabelMap.load(chaos_label(chaos_dir, 1), like=other, resample=True)
+        LabelMap.load(chaos_label_path(1), like=other)
+    lm = LabelMap.load(chaos_label_path(1), like=other, resample=True)
     assert lm.array.shape == other.shape and lm.geometry == other
     assert set(lm.present_labels()) <= {1, 2, 3, 4}
 

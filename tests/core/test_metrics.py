@@ -29,15 +29,10 @@ from sd_fsmis.core.metrics import (
 CHAOS_SPACING = (1.25, 1.25, 7.7)  # x, y, z in mm
 
 
-def chaos_label(chaos, case_id: int):
-    """conftest's helper (conftest cannot be imported under --import-mode=importlib)."""
-    return chaos / "labels" / f"label_{case_id}.nii.gz"
-
-
 @pytest.fixture(scope="module")
-def chaos_pair(chaos_dir):
+def chaos_pair(chaos_label_path):
     """The CHAOS label map of case 1 and a plausible "prediction": shifted, one organ eroded."""
-    ref = LabelMap.load(chaos_label(chaos_dir, 1), labels=CHAOS_MR_ORGANS)
+    ref = LabelMap.load(chaos_label_path(1), labels=CHAOS_MR_ORGANS)
     moved = np.roll(ref.array, shift=(1, 2, -3), axis=(0, 1, 2))
     spleen = ndimage.binary_erosion(moved == 4, iterations=2)
     moved[(moved == 4) & ~spleen] = 0

@@ -8,6 +8,8 @@ false negative = blue ``#0072B2``. Green/red alone would be confused by about 1 
 
 from __future__ import annotations
 
+from sd_fsmis.core.labelmap import default_colour
+
 RGB = tuple[int, int, int]
 RGBA = tuple[int, int, int, int]
 
@@ -23,27 +25,6 @@ CONFUSION_COLORS: dict[int, RGB] = {
     CONFUSION_FN: FALSE_NEGATIVE,
 }
 
-#: The first label colours of ITK-SNAP (red, green, blue, yellow, cyan, magenta, ...), used for label values
-#: the caller gave no colour for: label ``v`` gets entry ``(v - 1) % len``.
-DEFAULT_LABEL_COLORS: tuple[RGB, ...] = (
-    (255, 0, 0),
-    (0, 255, 0),
-    (0, 0, 255),
-    (255, 255, 0),
-    (0, 255, 255),
-    (255, 0, 255),
-    (255, 239, 213),
-    (0, 0, 205),
-    (205, 133, 63),
-    (210, 180, 140),
-    (102, 205, 170),
-    (0, 0, 128),
-    (0, 139, 139),
-    (46, 139, 87),
-    (255, 228, 225),
-    (106, 90, 205),
-)
-
 CROSSHAIR_COLOR: RGBA = (255, 215, 0, 190)  # gold, like 3D Slicer's yellow crosshair
 BRUSH_COLOR: RGBA = (255, 255, 255, 230)
 MARKER_COLOR = "#e8e8a0"  # orientation letters (R, L, A, P, S, I) at the view's edges
@@ -51,10 +32,8 @@ BACKGROUND = "#000000"
 
 
 def label_color(value: int, colors: dict[int, RGB] | None = None) -> RGB:
-    """The colour of label ``value``: the caller's when given, else ITK-SNAP's default order."""
+    """The colour of label ``value``: the caller's when given, else core's default (ITK-SNAP's order)."""
     if colors and value in colors:
         r, g, b = colors[value][:3]
         return (int(r), int(g), int(b))
-    if value <= 0:
-        return (0, 0, 0)
-    return DEFAULT_LABEL_COLORS[(value - 1) % len(DEFAULT_LABEL_COLORS)]
+    return default_colour(value)

@@ -4,45 +4,15 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pyqtgraph as pg
-import pytest
 from PySide6 import QtWidgets
 
 from sd_fsmis.core.autosave import AutosaveScheduler, folder_state
 from sd_fsmis.core.session import Session
 from sd_fsmis.ui import application
 from sd_fsmis.ui.settings import MAX_RECENT, AppSettings, settings_path
-
-
-@pytest.fixture(scope="module")
-def demo_files(tmp_path_factory) -> Path:
-    """The demo study generated once for the module, copied into each test's own cache."""
-    import os
-
-    from sd_fsmis.core.demo import demo_folder, demo_study_paths
-
-    home = tmp_path_factory.mktemp("demo-home")
-    old = os.environ.get("SD_FSMIS_HOME")
-    os.environ["SD_FSMIS_HOME"] = str(home)
-    try:
-        demo_study_paths()
-        return demo_folder()
-    finally:
-        if old is None:
-            del os.environ["SD_FSMIS_HOME"]
-        else:
-            os.environ["SD_FSMIS_HOME"] = old
-
-
-@pytest.fixture
-def demo_cache(demo_files) -> Path:
-    from sd_fsmis.core.demo import demo_folder, demo_image_path
-
-    shutil.copytree(demo_files, demo_folder(), dirs_exist_ok=True)
-    return demo_image_path()
 
 
 def test_make_application_sets_row_major_once(qapp):

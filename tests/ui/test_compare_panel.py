@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Qt
 
-from sd_fsmis.core.demo import make_demo_phantom
 from sd_fsmis.core.engines.classical import ClassicalEngine
 from sd_fsmis.core.geometry import Geometry
 from sd_fsmis.core.labelmap import LabelMap
@@ -26,39 +24,11 @@ from sd_fsmis.ui.compare_panel import ComparePanel, format_dice, format_ml, form
 from sd_fsmis.ui.runs_table import COLUMNS
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-Z0, Z1 = 22, 38  # 16 slices through the liver of the demo phantom
 REFERENCE_LABELS = {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"}
 
 
-def phantom(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """The demo phantom cropped to 16 slices through the liver, halved in-plane (16 x 128 x 128), cached."""
-    cache = tmp_path_factory.getbasetemp() / "ui-phantom-16.npz"
-    if not cache.exists():
-        volume, labels = make_demo_phantom()
-        g = volume.geometry
-        tmp = cache.with_name(f"ui-phantom-16-{os.getpid()}.npz")
-        np.savez(
-            tmp,
-            image=volume.array[Z0:Z1, ::2, ::2],
-            labels=labels.array[Z0:Z1, ::2, ::2],
-            spacing=(g.spacing[0] * 2, g.spacing[1] * 2, g.spacing[2]),
-            origin=(g.origin[0], g.origin[1], g.origin[2] + Z0 * g.spacing[2]),
-            direction=g.direction,
-        )
-        os.replace(tmp, cache)
-    data = np.load(cache)
-    z, y, x = data["image"].shape
-    geometry = Geometry(
-        size=(x, y, z),
-        spacing=tuple(float(v) for v in data["spacing"]),
-        origin=tuple(float(v) for v in data["origin"]),
-        direction=tuple(float(v) for v in data["direction"]),
-    )
-    return data["image"], data["labels"], geometry
-
-
-def new_session(tmp_path_factory) -> tuple[Session, Study]:
-    image, _labels, geometry = phantom(tmp_path_factory)
+def new_session(liver_phantom) -> tuple[Session, Study]:
+    image, _labels, geometry = liver_phantom
     session = Session()
     volume = Volume(image, geometry, VolumeMetadata(source_path="demo-abdomen.nii.gz", modality="MR"))
     study = session.add_study(Study(volume, path="demo-abdomen.nii.gz", name="Demo abdomen"))
@@ -76,10 +46,10 @@ def paint_supports(session: Session, study: Study, labels: np.ndarray, slices: t
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(liver_phantom):
     """Classical 1-shot and 3-shot segmentations of the liver, computed once for the module."""
-    session, study = new_session(tmp_path_factory)
-    _image, labels, _geometry = phantom(tmp_path_factory)
+    session, study = new_session(liver_phantom)
+    _image, labels, _geometry = liver_phantom
     results = {}
     for shots in ((8,), (3, 8, 12)):
         paint_supports(session, study, labels, shots)
@@ -93,10 +63,10 @@ def outcomes(tmp_path_factory):
 
 
 @pytest.fixture
-def scene(qtbot, tmp_path_factory, outcomes):
+def scene(qtbot, liver_phantom, outcomes):
     """A study with its reference, the 1-shot and 3-shot runs recorded, and the panel."""
-    session, study = new_session(tmp_path_factory)
-    _image, labels, geometry = phantom(tmp_path_factory)
+    session, study = new_session(liver_phantom)
+    _image, labels, geometry = liver_phantom
     reference = study.add_layer(
         "demo labels", LabelMap(labels.copy(), geometry, REFERENCE_LABELS), kind="reference"
     )

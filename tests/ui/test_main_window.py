@@ -3,7 +3,6 @@ the viewer, labels and masks, save, DICOM-SEG, autosave and crash recovery, and 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,32 +27,6 @@ NO_MODS = Qt.KeyboardModifier.NoModifier
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def demo_files(tmp_path_factory) -> Path:
-    """The demo study generated once for the module (5 s), copied into each test's own cache."""
-    import os
-
-    from sd_fsmis.core.demo import demo_folder, demo_study_paths
-
-    home = tmp_path_factory.mktemp("demo-home")
-    old = os.environ.get("SD_FSMIS_HOME")
-    os.environ["SD_FSMIS_HOME"] = str(home)
-    try:
-        demo_study_paths()
-        return demo_folder()
-    finally:
-        if old is None:
-            del os.environ["SD_FSMIS_HOME"]
-        else:
-            os.environ["SD_FSMIS_HOME"] = old
-
-
-@pytest.fixture
-def demo_cache(demo_files) -> Path:
-    from sd_fsmis.core.demo import demo_folder, demo_image_path
-
-    shutil.copytree(demo_files, demo_folder(), dirs_exist_ok=True)
-    return demo_image_path()
 
 
 @pytest.fixture

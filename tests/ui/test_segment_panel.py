@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sd_fsmis.core.demo import make_demo_phantom
-from sd_fsmis.core.geometry import Geometry
 from sd_fsmis.core.jobs import Progress
 from sd_fsmis.core.labelmap import LabelMap
 from sd_fsmis.core.session import Session
@@ -19,44 +16,13 @@ from sd_fsmis.core.volume import Volume, VolumeMetadata
 from sd_fsmis.ui.segment_panel import CLASSICAL, SegmentPanel, progress_text
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-Z0, Z1 = 22, 38  # 16 slices through the liver of the demo phantom
+N_SLICES = 16  # slices of the liver_phantom fixture (tests/ui/conftest.py)
 HAS_MODEL_PACKAGE = importlib.util.find_spec("sd_fsmis.core.model.create") is not None
 
 
-def phantom(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """The demo phantom cropped to 16 slices through the liver, halved in-plane (16 x 128 x 128), cached."""
-    cache = tmp_path_factory.getbasetemp() / "ui-phantom-16.npz"
-    if not cache.exists():
-        volume, labels = make_demo_phantom()
-        g = volume.geometry
-        image = volume.array[Z0:Z1, ::2, ::2].copy()
-        spacing = (g.spacing[0] * 2, g.spacing[1] * 2, g.spacing[2])
-        origin = (g.origin[0], g.origin[1], g.origin[2] + Z0 * g.spacing[2])
-        tmp = cache.with_name(f"ui-phantom-16-{os.getpid()}.npz")
-        np.savez(
-            tmp,
-            image=image,
-            labels=labels.array[Z0:Z1, ::2, ::2],
-            spacing=spacing,
-            origin=origin,
-            direction=g.direction,
-        )
-        os.replace(tmp, cache)
-    data = np.load(cache)
-    image = data["image"]
-    z, y, x = image.shape
-    geometry = Geometry(
-        size=(x, y, z),
-        spacing=tuple(float(v) for v in data["spacing"]),
-        origin=tuple(float(v) for v in data["origin"]),
-        direction=tuple(float(v) for v in data["direction"]),
-    )
-    return image, data["labels"], geometry
-
-
-def make_session(tmp_path_factory, supports: tuple[int, ...] = (8,)) -> tuple[Session, Study]:
+def make_session(liver_phantom, supports: tuple[int, ...] = (8,)) -> tuple[Session, Study]:
     """A session with the phantom study, its reference labels and a "liver" layer painted on ``supports``."""
-    image, labels, geometry = phantom(tmp_path_factory)
+    image, labels, geometry = liver_phantom
     session = Session()
     volume = Volume(image, geometry, VolumeMetadata(source_path="demo-abdomen.nii.gz", modality="MR"))
     study = session.add_study(Study(volume, path="demo-abdomen.nii.gz", name="Demo abdomen"))
@@ -108,24 +74,24 @@ def test_progress_text():
     assert progress_text(Progress(0, 0, "loading the model")) == "Loading the model…"
 
 
-def test_segment_is_disabled_with_a_reason(make_panel, tmp_path_factory):
+def test_segment_is_disabled_with_a_reason(make_panel, liver_phantom):
     session = Session()
     panel = make_panel(session)
     assert panel.engine_combo.itemText(0) == "Classical (registration) — no model needed"
     assert panel.engine_name == CLASSICAL  # the store is empty
     assert not panel.segment_button.isEnabled()
     assert panel.segment_button.toolTip() == "Open a study first"
-    image, _labels, geometry = phantom(tmp_path_factory)
+    image, _labels, geometry = liver_phantom
     session.add_study(Study(Volume(image, geometry), name="Demo abdomen"))
     assert not panel.segment_button.isEnabled()
     assert "support" in panel.segment_button.toolTip()
     assert panel.k_label.text() == "none yet"
-    assert panel.to_spin.value() == Z1 - Z0  # the whole volume by default
+    assert panel.to_spin.value() == N_SLICES  # the whole volume by default
     assert not panel.segment()
 
 
-def test_classical_segmentation_through_the_worker(qtbot, make_panel, tmp_path_factory):
-    session, study = make_session(tmp_path_factory, supports=(3, 12))
+def test_classical_segmentation_through_the_worker(qtbot, make_panel, liver_phantom):
+    session, study = make_session(liver_phantom, supports=(3, 12))
     panel = make_panel(session)
     assert panel.segment_button.isEnabled()
     assert panel.k_label.text() == "K = 2 (2-shot)"
@@ -154,14 +120,14 @@ def test_classical_segmentation_through_the_worker(qtbot, make_panel, tmp_path_f
     assert len(new) == 1 and new[0].kind == "prediction" and new[0].id == run.result_layer_id
     assert study.active_layer is new[0]  # an editable layer, selected
     assert run.dice is not None and run.dice > 0.75  # against the reference
-    assert progress and progress[-1].done == progress[-1].total == Z1 - Z0
+    assert progress and progress[-1].done == progress[-1].total == N_SLICES
     assert not panel.is_running() and panel.segment_button.isEnabled() and not panel.cancel_button.isEnabled()
     assert "Added the layer" in panel.status_label.text()
     screenshot(panel, "segment_panel_done.png")
 
 
-def test_segment_a_slice_range(qtbot, make_panel, tmp_path_factory):
-    session, study = make_session(tmp_path_factory, supports=(8,))
+def test_segment_a_slice_range(qtbot, make_panel, liver_phantom):
+    session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)
     panel.set_slice_range(5, 10)
     assert panel.query_slices() == list(range(5, 11))
@@ -174,8 +140,8 @@ def test_segment_a_slice_range(qtbot, make_panel, tmp_path_factory):
     assert not prediction[:5].any() and not prediction[11:].any()
 
 
-def test_cancel_midway_leaves_the_study_as_it_was(qtbot, make_panel, tmp_path_factory):
-    session, study = make_session(tmp_path_factory, supports=(8,))
+def test_cancel_midway_leaves_the_study_as_it_was(qtbot, make_panel, liver_phantom):
+    session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)
     layers_before = study.layers
     assert panel.segment()
@@ -189,7 +155,7 @@ def test_cancel_midway_leaves_the_study_as_it_was(qtbot, make_panel, tmp_path_fa
     with qtbot.waitSignal(panel.runFinished, timeout=60_000) as blocker:
         pass
     run = blocker.args[0]
-    assert seen and seen[0].done < Z1 - Z0
+    assert seen and seen[0].done < N_SLICES
     assert run.status == "cancelled" and run.result_layer_id is None
     assert study.layers == layers_before  # no layer added
     assert session.runs.get(run.id).status == "cancelled"
@@ -198,8 +164,8 @@ def test_cancel_midway_leaves_the_study_as_it_was(qtbot, make_panel, tmp_path_fa
     assert panel.segment_button.isEnabled()
 
 
-def test_unusable_support_is_explained_and_nothing_starts(make_panel, tmp_path_factory):
-    session, study = make_session(tmp_path_factory, supports=(8,))
+def test_unusable_support_is_explained_and_nothing_starts(make_panel, liver_phantom):
+    session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)
     study.layer("liver").set_region((slice(8, 9), slice(None), slice(None)), 0)  # the support slice erased
     assert not panel.segment()
@@ -208,8 +174,8 @@ def test_unusable_support_is_explained_and_nothing_starts(make_panel, tmp_path_f
 
 
 @pytest.mark.skipif(not HAS_MODEL_PACKAGE, reason="the SD-FSMIS model package is not installed")
-def test_tiny_model_from_the_model_dialog_then_segment(qtbot, make_panel, tmp_path_factory):
-    session, study = make_session(tmp_path_factory, supports=(8,))
+def test_tiny_model_from_the_model_dialog_then_segment(qtbot, make_panel, liver_phantom):
+    session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)
     dialog = panel.open_model_dialog()
     qtbot.waitExposed(dialog)
@@ -251,8 +217,8 @@ def test_tiny_model_from_the_model_dialog_then_segment(qtbot, make_panel, tmp_pa
     assert "mps" in panel.last_error and "Traceback" not in panel.last_error
 
 
-def test_closing_the_study_during_the_run_fails_the_run_cleanly(qtbot, make_panel, tmp_path_factory):
-    session, study = make_session(tmp_path_factory, supports=(8,))
+def test_closing_the_study_during_the_run_fails_the_run_cleanly(qtbot, make_panel, liver_phantom):
+    session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)
     panel.set_slice_range(6, 9)
     assert panel.segment()

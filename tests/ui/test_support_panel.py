@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,6 @@ import pytest
 from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Qt
 
-from sd_fsmis.core.demo import make_demo_phantom
-from sd_fsmis.core.geometry import Geometry
 from sd_fsmis.core.labelmap import LabelMap
 from sd_fsmis.core.session import Session
 from sd_fsmis.core.study import Study
@@ -19,40 +16,12 @@ from sd_fsmis.core.volume import Volume, VolumeMetadata
 from sd_fsmis.ui.support_panel import ICON_SIZE, SupportPanel, thumbnail_rgb
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-Z0, Z1 = 22, 38  # 16 slices through the liver of the demo phantom
-
-
-def phantom(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """The demo phantom cropped to 16 slices through the liver, halved in-plane (16 x 128 x 128), cached."""
-    cache = tmp_path_factory.getbasetemp() / "ui-phantom-16.npz"
-    if not cache.exists():
-        volume, labels = make_demo_phantom()
-        g = volume.geometry
-        tmp = cache.with_name(f"ui-phantom-16-{os.getpid()}.npz")
-        np.savez(
-            tmp,
-            image=volume.array[Z0:Z1, ::2, ::2],
-            labels=labels.array[Z0:Z1, ::2, ::2],
-            spacing=(g.spacing[0] * 2, g.spacing[1] * 2, g.spacing[2]),
-            origin=(g.origin[0], g.origin[1], g.origin[2] + Z0 * g.spacing[2]),
-            direction=g.direction,
-        )
-        os.replace(tmp, cache)
-    data = np.load(cache)
-    z, y, x = data["image"].shape
-    geometry = Geometry(
-        size=(x, y, z),
-        spacing=tuple(float(v) for v in data["spacing"]),
-        origin=tuple(float(v) for v in data["origin"]),
-        direction=tuple(float(v) for v in data["direction"]),
-    )
-    return data["image"], data["labels"], geometry
 
 
 @pytest.fixture
-def scene(qtbot, tmp_path_factory):
+def scene(qtbot, liver_phantom):
     """A session with two studies (the phantom and a copy), a painted "organs" layer on each, the panel."""
-    image, labels, geometry = phantom(tmp_path_factory)
+    image, labels, geometry = liver_phantom
     session = Session()
     studies = []
     for name in ("Demo abdomen", "Second patient"):

@@ -112,7 +112,14 @@ def make_support_examples(
 def nearest_support_assignment(
     query_slices: Sequence[int], query_labelled: Sequence[int] | None, supports: Sequence[SupportExample]
 ) -> dict[int, list[int]]:
-    """For each query slice, the support whose relative position is nearest (ties: the first)."""
+    """For each query slice, the nearest support (ties: the first).
+
+    Supports that are slices of the query itself are compared by slice index (each maps to itself); others
+    by relative position in the labelled range (``query_labelled``, else the range of ``query_slices``).
+    """
+    if supports and all(s.from_query for s in supports):
+        where = np.array([s.slice_index for s in supports])
+        return {int(q): [int(np.argmin(np.abs(where - q)))] for q in query_slices}
     positions = np.array([s.position for s in supports])
     out: dict[int, list[int]] = {}
     for q in query_slices:

@@ -202,10 +202,6 @@ class ClassicalEngine:
             return out
         if k == 1:
             return {z: [0] for z in slices}
-        if all(s.from_query for s in request.supports):
-            # Slices of the query itself: the nearest by slice index (their own slice maps to itself).
-            where = np.array([s.slice_index for s in request.supports])
-            return {z: [int(np.argmin(np.abs(where - z)))] for z in slices}
         return {z: list(v) for z, v in nearest_support_assignment(slices, None, request.supports).items()}
 
     def _plan(self, request: SegmentationRequest, uses: dict[int, list[int]]) -> list[_Task]:

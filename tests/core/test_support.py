@@ -56,3 +56,12 @@ def test_nearest_support_assignment():
     supports = make_support_examples(vol, mask, [5, 15, 25])
     assignment = nearest_support_assignment(range(30), list(range(30)), supports)
     assert assignment[0] == [0] and assignment[14] == [1] and assignment[29] == [2]
+
+
+def test_supports_from_the_query_are_matched_by_slice_index():
+    mask = np.zeros((30, 4, 4), bool)
+    mask[:, 1, 1] = True
+    vol = np.zeros((30, 4, 4), np.float32)
+    supports = make_support_examples(vol, mask, [4, 20], from_query=True)
+    assignment = nearest_support_assignment(range(30), None, supports)
+    assert assignment[4] == [0] and assignment[11] == [0] and assignment[13] == [1] and assignment[29] == [1]

@@ -302,12 +302,14 @@ class Session:
         run: Run | None = None,
         model: str = "",
         device: str = "",
+        settings: dict | None = None,
         layer_name: str | None = None,
     ) -> tuple[LabelLayer, Run]:
         """Add a finished segmentation as a prediction layer of the query study and record its run.
 
-        ``run``: the one from :meth:`begin_run` (finished now), or None to record one. The run's Dice
-        against the reference is filled in when a reference lies on the query's grid.
+        ``run``: the one from :meth:`begin_run` (finished now), or None to record one. ``model``,
+        ``device`` (when given) and ``settings`` are recorded on the run, e.g. what the job really used.
+        The run's Dice against the reference is filled in when a reference lies on the query's grid.
         """
         query = self.study(inputs.query_study_id)
         name = layer_name or f"{inputs.label_name} · {outcome.engine} {outcome.shots}-shot"
@@ -316,13 +318,15 @@ class Session:
             run = self.begin_run(
                 inputs, engine=outcome.engine, model=model, device=device, settings=outcome.settings
             )
+        used = {key: value for key, value in (("model", model), ("device", device)) if value}
         run = self.runs.finish(
             run.id,
             status="done",
             duration_s=round(float(outcome.seconds), 3),
             result_layer_id=layer.id,
             result_layer_name=layer.name,
-            settings={**run.settings, **outcome.settings},
+            settings={**run.settings, **(settings or {}), **outcome.settings},
+            **used,
         )
         self.refresh_run_dice([run.id])
         return layer, self.runs.get(run.id)

@@ -543,10 +543,9 @@ class SegmentPanel(QtWidgets.QWidget):
         outcome = result.outcome
         try:
             used = {f"{key}_used": value for key, value in result.used.items()}
-            run = self.session.runs.update(
-                run.id, model=result.model, device=result.device, settings={**run.settings, **used}
+            layer, run = self.session.add_result(
+                inputs, outcome, run=run, model=result.model, device=result.device, settings=used
             )
-            layer, run = self.session.add_result(inputs, outcome, run=run)
         except (KeyError, ValueError) as exc:  # the study was closed during the run
             log.warning("segmentation result not added: %s", exc)
             run = self.session.fail_run(run, message="the study was closed before the segmentation finished")

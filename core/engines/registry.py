@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +35,34 @@ class EngineChoice:
     path: str | None = None
 
 
+#: engines registered in this process (no folder): name -> (menu label, factory)
+_registered: dict[str, tuple[str, Callable[[], SegmentationEngine]]] = {}
+_registered_lock = threading.Lock()
+
+
+def register_engine(name: str, factory: Callable[[], SegmentationEngine], label: str | None = None) -> None:
+    """Offer an engine built in this process (the self-test's in-memory model, a plug-in) under ``name``.
+
+    ``factory`` is called by :func:`load_engine` in the job's thread each time the engine is chosen.
+    """
+    key = str(name).strip()
+    if not key or key.lower() == CLASSICAL:
+        raise ValueError(f"cannot register an engine called {name!r}")
+    with _registered_lock:
+        _registered[key] = (label or key, factory)
+
+
+def unregister_engine(name: str) -> None:
+    """Forget an engine added with :func:`register_engine` (nothing happens for an unknown name)."""
+    with _registered_lock:
+        _registered.pop(str(name).strip(), None)
+
+
 def available_engines() -> list[EngineChoice]:
-    """The classical engine first, then the models of the model store (when the model package is there)."""
+    """The classical engine first, then engines registered in this process, then the store's models."""
     choices = [EngineChoice(CLASSICAL, CLASSICAL_LABEL, "classical")]
+    with _registered_lock:
+        choices.extend(EngineChoice(name, label, "model") for name, (label, _) in _registered.items())
     choices.extend(_stored_models())
     return choices
 
@@ -66,6 +93,10 @@ def load_engine(
         from sd_fsmis.core.engines.classical import ClassicalEngine
 
         return ClassicalEngine()
+    with _registered_lock:
+        registered = _registered.get(str(name_or_dir).strip())
+    if registered is not None:
+        return registered[1]()
     text = str(name_or_dir)
     if any(sep in text for sep in ("/", "\\")) and not Path(text).expanduser().is_dir():
         # A folder that is not there: say so before importing torch (seconds) for nothing.

@@ -254,3 +254,28 @@ def test_registry_lists_classical_first_and_loads_it_without_torch():
 def test_registry_missing_model_folder_is_a_user_error(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         load_engine(str(tmp_path / "no-such-model"))
+
+
+def test_registered_engine_is_offered_and_loaded_until_unregistered():
+    from sd_fsmis.core.engines.classical import ClassicalEngine
+    from sd_fsmis.core.engines.registry import register_engine, unregister_engine
+    from sd_fsmis.core.errors import ModelError
+
+    built = []
+
+    def factory():
+        built.append(ClassicalEngine())
+        return built[-1]
+
+    register_engine("in-memory-test", factory, "In-memory test engine")
+    try:
+        names = [c.name for c in available_engines()]
+        assert names[0] == "classical" and "in-memory-test" in names
+        assert load_engine("in-memory-test") is built[-1]
+    finally:
+        unregister_engine("in-memory-test")
+    assert "in-memory-test" not in [c.name for c in available_engines()]
+    with pytest.raises(ModelError):
+        load_engine("in-memory-test")
+    with pytest.raises(ValueError):
+        register_engine("classical", factory)

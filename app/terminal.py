@@ -13,7 +13,11 @@ from sd_fsmis.core.jobs import Progress, ProgressCallback
 
 @contextlib.contextmanager
 def progress_bar(description: str, unit: str = "slice") -> Iterator[ProgressCallback]:
-    """Yield a progress callback that drives a tqdm bar on stderr (silent when stderr is not a terminal)."""
+    """Yield a progress callback that drives a tqdm bar on stderr (silent when stderr is not a terminal).
+
+    ``unit="B"`` shows bytes scaled (kB, MB, GB) and their rate, as download tools do.
+    """
+    scaled = unit == "B"
     bar: tqdm | None = None
 
     def callback(p: Progress) -> None:
@@ -23,6 +27,8 @@ def progress_bar(description: str, unit: str = "slice") -> Iterator[ProgressCall
                 total=p.total,
                 desc=description,
                 unit=unit,
+                unit_scale=scaled,
+                unit_divisor=1024 if scaled else 1000,
                 file=sys.stderr,
                 disable=not sys.stderr.isatty(),
                 leave=True,

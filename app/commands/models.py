@@ -6,6 +6,11 @@
   [--copy-weights | --reference-weights] [--seed N]``; ``models create --preset tiny (--out | --name)``
 - ``models import-reference CKPT_DIR --sd ... --dinov2 ... (--out DIR | --name NAME)``
 - ``models remove NAME``
+- ``models rename OLD NEW``
+- ``models default [NAME] [--clear]``: show, choose or clear the default model
+- ``models import DIR [--name NAME] [--default]``: copy a model folder (e.g. a training run's ``best/``) in
+- ``models download [--sd REPO] [--dinov2 REPO]``: fetch Stable Diffusion 1.5 and DINOv2 into the
+  Hugging Face cache (disk space checked first; resumes with the files already there)
 - ``models check NAME_OR_DIR [--device auto|cuda|mps|cpu]``: load the model and segment a generated phantom
 """
 
@@ -61,10 +66,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("name", metavar="NAME")
     q.set_defaults(run=run_remove)
 
-    q = sub.add_parser("check", help="load a model and segment a generated phantom (a smoke test)")
-    q.add_argument(
-        "model", metavar="NAME_OR_DIR", nargs="?", default=None, help="default: the store's latest"
+    q = sub.add_parser("rename", help="rename a model of the store")
+    q.add_argument("old", metavar="OLD")
+    q.add_argument("new", metavar="NEW")
+    q.set_defaults(run=run_rename)
+
+    q = sub.add_parser("default", help="show, choose (NAME) or clear (--clear) the default model")
+    q.add_argument("name", metavar="NAME", nargs="?", default=None)
+    q.add_argument("--clear", action="store_true", help="forget the choice (the newest model is used)")
+    q.set_defaults(run=run_default)
+
+    q = sub.add_parser("import", help="copy a model folder (e.g. a training run's best/) into the store")
+    q.add_argument("folder", metavar="DIR")
+    q.add_argument("--name", metavar="NAME", help="store name (default: the folder's name)")
+    q.add_argument("--default", action="store_true", help="make it the default model")
+    q.set_defaults(run=run_import)
+
+    q = sub.add_parser(
+        "download", help="download Stable Diffusion 1.5 and DINOv2 from the Hugging Face Hub into its cache"
     )
+    q.add_argument("--sd", metavar="REPO", default=None, help="Stable Diffusion 1.x repo id (default SD 1.5)")
+    q.add_argument("--dinov2", metavar="REPO", default=None, help="DINOv2 repo id (default dinov2-base)")
+    q.set_defaults(run=run_download)
+
+    q = sub.add_parser("check", help="load a model and segment a generated phantom (a smoke test)")
+    q.add_argument("model", metavar="NAME_OR_DIR", nargs="?", default=None, help="default: the default model")
     q.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default auto)")
     q.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     q.set_defaults(run=run_check)
@@ -115,11 +141,14 @@ def run_list(args: argparse.Namespace) -> int:
     if not models:
         print(f"no models in {models_dir()} (create one with 'sd-fsmis models create')")
         return 0
-    rows = [("NAME", "BASE", "CLASSES", "CREATED", "SIZE", "PATH")]
+    rows = [("NAME", "BASE", "CLASSES", "DICE", "CREATED", "SIZE", "PATH")]
     for m in models:
         name = m.name if m.valid else f"{m.name} (broken: {m.problem})"
+        if m.is_default:
+            name += " (default)"
         size = _human_size(m.size_bytes) + (" +refs" if m.references else "")
-        rows.append((name, m.base, ",".join(m.classes) or "-", m.created, size, m.path))
+        dice = "-" if m.validation_dice is None else f"{m.validation_dice:.3f}"
+        rows.append((name, m.base, ",".join(m.classes) or "-", dice, m.created, size, m.path))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
@@ -143,6 +172,9 @@ def run_info(args: argparse.Namespace) -> int:
         ("created", info.created),
         ("description", info.description),
         ("classes", ", ".join(info.classes) or "-"),
+        ("validation Dice", "-" if info.validation_dice is None else f"{info.validation_dice:.3f}"),
+        ("built from", ", ".join(f"{k} {v}" for k, v in info.base_models.items()) or "-"),
+        ("default", "yes" if info.is_default else "no"),
         ("size", _human_size(info.size_bytes)),
     ]
     if config:
@@ -214,6 +246,66 @@ def run_remove(args: argparse.Namespace) -> int:
 
     path = remove_model(args.name)
     print(f"removed model {args.name} ({path})")
+    return 0
+
+
+def run_rename(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.store import rename_model
+
+    path = rename_model(args.old, args.new)
+    print(f"renamed model {args.old} to {args.new} ({path})")
+    return 0
+
+
+def run_default(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.errors import UserError
+    from sd_fsmis.core.model.store import default_model_name, resolve_model, set_default_model
+
+    if args.clear and args.name:
+        raise UserError("give a NAME to choose the default model, or --clear to forget the choice")
+    if args.clear:
+        set_default_model(None)
+        print("default model cleared (the newest model is used)")
+        return 0
+    if args.name:
+        set_default_model(args.name)
+        print(f"default model: {args.name}")
+        return 0
+    chosen = default_model_name()
+    if chosen is not None:
+        print(chosen)
+        return 0
+    try:
+        newest = resolve_model(None).name
+    except UserError:
+        print("no default model (no model installed)")
+        return 0
+    print(f"{newest} (not chosen: the newest model)")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.store import import_model_folder, set_default_model
+    from sd_fsmis.terminal import progress_bar
+
+    with progress_bar("importing", unit="B") as progress:
+        path = import_model_folder(args.folder, args.name, progress=progress)
+    if args.default:
+        set_default_model(path.name)
+    print(f"imported model {path.name} into {path}" + (" (default)" if args.default else ""))
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.model.download import DEFAULT_DINOV2_REPO, DEFAULT_SD_REPO, download_base_sources
+    from sd_fsmis.terminal import progress_bar
+
+    with progress_bar("downloading", unit="B") as progress:
+        sd_dir, dinov2_dir = download_base_sources(
+            args.sd or DEFAULT_SD_REPO, args.dinov2 or DEFAULT_DINOV2_REPO, progress=progress
+        )
+    print(f"Stable Diffusion: {sd_dir}")
+    print(f"DINOv2: {dinov2_dir}")
     return 0
 
 

@@ -68,7 +68,11 @@ def available_engines() -> list[EngineChoice]:
 
 
 def default_engine_name() -> str:
-    """The store's default model (its most recent valid one) when there is one, else ``"classical"``."""
+    """The store's default model when there is one, else ``"classical"``.
+
+    That is the model the user chose as the default (``sd-fsmis models default NAME``) while it is valid,
+    else the store's most recent valid model (see ``sd_fsmis.core.model.store.resolve_model``).
+    """
     store = _store()
     if store is not None:
         try:
@@ -130,7 +134,8 @@ def _stored_models() -> list[EngineChoice]:
         if not getattr(info, "valid", True):
             continue
         detail = getattr(info, "description", "") or getattr(info, "kind", "")
-        label = f"{info.name} — {detail}" if detail else str(info.name)
+        title = f"{info.name} (default)" if getattr(info, "is_default", False) else str(info.name)
+        label = f"{title} — {detail}" if detail else title
         out.append(EngineChoice(str(info.name), label, "model", str(info.path)))
     return out
 

@@ -5,9 +5,9 @@ Weight preprocessing: the SD U-Net's 4-channel ``conv_in`` becomes the 8-channel
 starts from seeded random weights; the VAE and DINOv2 are used as they are.
 
 A source that is an existing local folder is used in place. Anything else that looks like a Hub id
-(``owner/name``) is downloaded with ``huggingface_hub.snapshot_download`` (only the needed configs and
-safetensors files; resumable; tqdm progress) into ``HF_HOME``. A missing folder that looks like a path is an
-error, never a download.
+(``owner/name``) is downloaded by :mod:`sd_fsmis.core.model.download` (only the needed configs and
+safetensors files, free disk space checked first, progress in bytes, cancellable) into ``HF_HOME``. A
+missing folder that looks like a path is an error, never a download.
 """
 
 from __future__ import annotations
@@ -21,12 +21,21 @@ from pathlib import Path
 import torch
 
 from sd_fsmis.core.errors import ModelError
+from sd_fsmis.core.jobs import CancelToken, ProgressCallback
 from sd_fsmis.core.model.config import (
     ArchitectureConfig,
     ModelConfig,
     PreprocessingConfig,
     TrainingProvenance,
     VTCTConfig,
+)
+from sd_fsmis.core.model.download import (
+    DEFAULT_DINOV2_REPO,
+    DEFAULT_SD_REPO,
+    DINOV2_ALLOW_PATTERNS,
+    SD_ALLOW_PATTERNS,
+    download_repo,
+    download_repos,
 )
 from sd_fsmis.core.model.store import (
     check_component_folder,
@@ -38,26 +47,8 @@ from sd_fsmis.core.model.vtct import DinoPreprocessing
 
 log = logging.getLogger(__name__)
 
-SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DINOV2_HUB_ID = "facebook/dinov2-base"
-#: what to fetch of a Stable Diffusion repo: the U-Net and VAE configs and (non-variant) safetensors
-SD_ALLOW_PATTERNS = [
-    f"{sub}/{name}"
-    for sub in ("unet", "vae")
-    for name in (
-        "config.json",
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.safetensors.index.json",
-        "diffusion_pytorch_model-*-of-*.safetensors",
-    )
-]
-DINOV2_ALLOW_PATTERNS = [
-    "config.json",
-    "preprocessor_config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "model-*-of-*.safetensors",
-]
+SD15_HUB_ID = DEFAULT_SD_REPO
+DINOV2_HUB_ID = DEFAULT_DINOV2_REPO
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -67,23 +58,35 @@ def looks_like_hub_id(text: str) -> bool:
     return bool(_HUB_ID_RE.match(text)) and ".." not in text
 
 
-def download_from_hub(repo_id: str, allow_patterns: list[str], what: str) -> Path:
-    """Download (or resume, or reuse from the cache) the files of ``repo_id`` matching ``allow_patterns``."""
-    from huggingface_hub import snapshot_download
-
+def download_from_hub(
+    repo_id: str,
+    allow_patterns: list[str],
+    what: str,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Path:
+    """Download (or reuse from the cache) the files of ``repo_id`` matching ``allow_patterns``; the free
+    disk space is checked first (see :func:`sd_fsmis.core.model.download.download_repo`)."""
     log.info("downloading %s from the Hugging Face Hub: %s", what, repo_id)
-    try:
-        folder = snapshot_download(repo_id, allow_patterns=allow_patterns)
-    except Exception as exc:  # network, authentication, missing repo: one line for the user
-        text = " ".join(str(exc).split())
-        reason = (text.split(". ")[0] or type(exc).__name__)[:200]
-        raise ModelError(
-            f"could not download {what} '{repo_id}' from the Hugging Face Hub: {reason}"
-        ) from None
-    return Path(folder)
+    return download_repo(repo_id, allow_patterns, progress=progress, cancel=cancel, what=what)
 
 
-def resolve_source(arg: str | os.PathLike[str], what: str, allow_patterns: list[str]) -> Path:
+def _is_hub_source(arg: str | os.PathLike[str]) -> bool:
+    text = str(arg)
+    return (
+        not isinstance(arg, os.PathLike) and not Path(text).expanduser().exists() and looks_like_hub_id(text)
+    )
+
+
+def resolve_source(
+    arg: str | os.PathLike[str],
+    what: str,
+    allow_patterns: list[str],
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Path:
     """A local folder as it is; a Hub id downloaded; a missing path-like argument a ModelError."""
     text = str(arg)
     path = Path(text).expanduser()
@@ -93,7 +96,31 @@ def resolve_source(arg: str | os.PathLike[str], what: str, allow_patterns: list[
         raise ModelError(f"{what}: {text} is a file; expected a folder or a Hugging Face Hub id")
     if isinstance(arg, os.PathLike) or not looks_like_hub_id(text):
         raise ModelError(f"{what} folder not found: {text}")
-    return download_from_hub(text, allow_patterns, what)
+    return download_from_hub(text, allow_patterns, what, progress=progress, cancel=cancel)
+
+
+def resolve_sources(
+    sd: str | os.PathLike[str],
+    dinov2: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[Path, Path]:
+    """Both sources; when both are Hub ids the disk space for both is checked before any download."""
+    if _is_hub_source(sd) and _is_hub_source(dinov2):
+        log.info("downloading Stable Diffusion (%s) and DINOv2 (%s) from the Hugging Face Hub", sd, dinov2)
+        sd_dir, dinov2_dir = download_repos(
+            [
+                (str(sd), SD_ALLOW_PATTERNS, "Stable Diffusion"),
+                (str(dinov2), DINOV2_ALLOW_PATTERNS, "DINOv2"),
+            ],
+            progress=progress,
+            cancel=cancel,
+        )
+        return sd_dir, dinov2_dir
+    sd_dir = resolve_source(sd, "Stable Diffusion", SD_ALLOW_PATTERNS, progress=progress, cancel=cancel)
+    dinov2_dir = resolve_source(dinov2, "DINOv2", DINOV2_ALLOW_PATTERNS, progress=progress, cancel=cancel)
+    return sd_dir, dinov2_dir
 
 
 def _sd_subfolder(sd_dir: Path, sub: str) -> Path:
@@ -172,15 +199,21 @@ def create_base_model(
     description: str = "",
     mapper_hidden_dim: int = 1536,
     image_size: int = 256,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> Path:
-    """Write a base (untrained) model from SD 1.x and DINOv2 folders or Hub ids; return its folder."""
+    """Write a base (untrained) model from SD 1.x and DINOv2 folders or Hub ids; return its folder.
+
+    Hub ids are downloaded first (``progress`` in bytes, ``cancel`` checked while downloading and before the
+    model is written)."""
     from sd_fsmis.core.model.input_convolutions import expand_unet_input
 
     target, model_name = _output_folder(out, name)
     if target.is_dir() and any(target.iterdir()):
         raise ModelError(f"cannot write the model to {target}: the folder exists and is not empty")
-    sd_dir = resolve_source(sd, "Stable Diffusion", SD_ALLOW_PATTERNS)
-    dinov2_dir = resolve_source(dinov2, "DINOv2", DINOV2_ALLOW_PATTERNS)
+    sd_dir, dinov2_dir = resolve_sources(sd, dinov2, progress=progress, cancel=cancel)
+    if cancel is not None:
+        cancel.raise_if_cancelled()
     _unet_cfg, vae_cfg, dino_cfg = check_sources(sd_dir, dinov2_dir)
     unet = _load_sd_unet(sd_dir / "unet")
     if unet.config.in_channels != 4:
@@ -192,6 +225,8 @@ def create_base_model(
     cross_dim = int(unet.config.cross_attention_dim)
     dino_dim = int(dino_cfg.get("hidden_size", 768))
     mapper = _seeded_mapper(dino_dim, mapper_hidden_dim, cross_dim, seed)
+    if cancel is not None:
+        cancel.raise_if_cancelled()
     config = ModelConfig(
         name=model_name,
         description=description,

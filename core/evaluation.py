@@ -15,6 +15,14 @@
   (14 slices: 5, 4, 5; 21 slices: 7, 7, 7; 4 slices: 1, 1, 2). Chunk ``i`` is segmented with support slice
   ``i`` (of each support volume).
 - EP2: every query slice is segmented with the support slice at 1/2; false positives outside count.
+- "study" (the application's own workflow, used to validate fine-tuning on a user's volumes): no folds; for
+  each volume of ``ids`` and each class it holds, the supports are ``shots`` slices of the SAME volume
+  (:func:`~sd_fsmis.core.support.chunk_middle_slices` of its labelled slices: 1 shot the middle one, 3 shots
+  those at 1/6, 1/2, 5/6), as a person paints the structure on one or three slices of the study; the
+  queries are the labelled range ``z_min .. z_max`` minus the support slices; with several supports each
+  query slice uses the support of its chunk (EP1's chunks, ``shots`` of them). The Dice is 3-D over the
+  query slices only (the support slices are not scored). A class absent from a volume is not scored there.
+  The report holds one pseudo-fold (0) whose ids, supports and queries are all ``ids``.
 - Dice = 2TP / (2TP + FP + FN) in 3-D per query volume over the evaluated slices (the prediction is empty
   elsewhere, so this is also the whole-volume Dice of the saved prediction), averaged over the fold's
   queries, then over the folds; the mean of the classes is the mean of the per-class values. HD95 and
@@ -59,7 +67,7 @@ from sd_fsmis.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("ep1", "ep2")
+PROTOCOLS = ("ep1", "ep2", "study")
 N_FOLDS = 5
 #: the support volume's position inside a fold (SD-FSMIS, GMRD, RPT)
 SUPPORT_POSITION = 2
@@ -124,6 +132,21 @@ def ep1_chunks(labelled: Sequence[int], n_chunks: int = N_CHUNKS) -> dict[int, i
         return {lo: 0}
     width = (hi - lo) / n_chunks
     return {z: min(n_chunks - 1, max(0, int((z - lo) // width))) for z in range(lo, hi + 1)}
+
+
+def study_layout(mask: np.ndarray, shots: int = 1) -> tuple[list[int], list[int], dict[int, int]]:
+    """The study protocol on one volume and class: ``(support slices, query slices, {query: chunk})``.
+
+    Supports: ``chunk_middle_slices(labelled_slices(mask), shots)``; queries: the labelled range minus the
+    supports; chunk ``i`` of the range (EP1's split into ``shots`` chunks) uses support ``i``.
+    """
+    labelled = labelled_slices(mask)
+    if not labelled:
+        return [], [], {}
+    chosen = chunk_middle_slices(labelled, shots)
+    chunks = ep1_chunks(labelled, shots)
+    queries = [z for z in sorted(chunks) if z not in set(chosen)]
+    return chosen, queries, {z: chunks[z] for z in queries}
 
 
 def parse_folds(text: str | int, n_folds: int = N_FOLDS) -> list[int]:
@@ -330,6 +353,7 @@ def evaluate(
     labels: Sequence[int] | None = None,
     shots: int = 1,
     n_folds: int = N_FOLDS,
+    ids: Sequence[int] | None = None,
     model_name: str | None = None,
     surface: bool = True,
     pooled: bool = False,
@@ -339,12 +363,31 @@ def evaluate(
 ) -> EvaluationReport:
     """Run the protocol over ``folds`` (default all) and ``labels`` (default: the classes of the supports).
 
+    ``protocol="study"`` scores the volumes ``ids`` (default: all) with supports taken from each volume
+    itself (see the module docstring); ``folds`` and ``n_folds`` are then not used.
+
     A core job: progress counts query slices segmented; ``cancel`` stops between slices (the engine
     checks it) and raises :class:`~sd_fsmis.core.errors.JobCancelled`.
     """
     protocol = str(protocol).lower()
     if protocol not in PROTOCOLS:
-        raise EvaluationError(f"unknown protocol {protocol!r}: use ep1 or ep2")
+        raise EvaluationError(f"unknown protocol {protocol!r}: use ep1, ep2 or study")
+    if protocol == "study":
+        return _evaluate_study(
+            dataset,
+            engine,
+            ids=dataset.ids if ids is None else ids,
+            labels=labels,
+            shots=shots,
+            model_name=model_name,
+            surface=surface,
+            pooled=pooled,
+            save_predictions=save_predictions,
+            progress=progress,
+            cancel=cancel,
+        )
+    if ids is not None:
+        raise EvaluationError("a list of volumes (ids) applies to the study protocol; ep1/ep2 use folds")
     fold_list = list(range(n_folds)) if folds is None else sorted({int(f) for f in folds})
     splits = [fold_split(dataset.ids, f, n_folds=n_folds, shots=shots) for f in fold_list]
     label_maps: dict[int, LabelMap] = {}  # small (uint8): kept for the whole run
@@ -428,6 +471,96 @@ def evaluate(
     return report
 
 
+def _evaluate_study(
+    dataset: FewShotDataset,
+    engine: SegmentationEngine,
+    *,
+    ids: Sequence[int],
+    labels: Sequence[int] | None,
+    shots: int,
+    model_name: str | None,
+    surface: bool,
+    pooled: bool,
+    save_predictions: str | os.PathLike[str] | None,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> EvaluationReport:
+    """The "study" protocol (module docstring): supports from each volume itself, one pseudo-fold."""
+    if shots < 1:
+        raise EvaluationError("--shots must be at least 1")
+    id_list = sorted({int(i) for i in ids})
+    if not id_list:
+        raise EvaluationError("no volume to evaluate")
+    label_maps = {i: LabelMap.load(dataset.case(i).label, labels=dataset.class_names) for i in id_list}
+    present = {i: set(m.present_labels()) for i, m in label_maps.items()}
+    in_any = set().union(*present.values())
+    if labels is None:
+        wanted = sorted(in_any)
+        if not wanted:
+            raise EvaluationError(f"volumes {', '.join(map(str, id_list))} hold no labelled class")
+    else:
+        wanted = sorted({int(v) for v in labels})
+    for value in wanted:
+        if value < 1:
+            raise EvaluationError(f"label {value} is not a class (labels are 1 and above)")
+    missing = [v for v in wanted if v not in in_any]
+    if missing:
+        names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in missing)
+        raise EvaluationError(f"unknown label {names}: in none of the volumes {', '.join(map(str, id_list))}")
+    split = FoldSplit(0, [dataset.ids.index(i) for i in id_list], id_list, list(id_list), list(id_list))
+    out_dir = Path(save_predictions) if save_predictions is not None else None
+    start = time.perf_counter()
+    report = EvaluationReport(
+        model=model_name or getattr(engine, "name", "engine"),
+        protocol="study",
+        data=str(dataset.root),
+        folds=[0],
+        labels={v: dataset.class_name(v) for v in wanted},
+        shots=shots,
+        engine=_engine_config(engine),
+        splits=[split],
+        pooled=pooled,
+    )
+    plan = [
+        (qid, value, study_layout(label_maps[qid].binary(value), shots)[1])
+        for qid in id_list
+        for value in wanted
+        if value in present[qid]
+    ]
+    cache: dict[int, _Case] = {}  # only the volume being evaluated
+
+    def case(case_id: int) -> _Case:
+        if case_id not in cache:
+            cache.clear()
+            cache[case_id] = _load_case(dataset, case_id, label_maps[case_id])
+        return cache[case_id]
+
+    reporter = ProgressReporter(sum(len(q) for _, _, q in plan), progress, cancel)
+    reporter.report("evaluating")
+    for qid, value, slices in plan:
+        result = _evaluate_query(
+            split,
+            qid,
+            value,
+            slices,
+            case,
+            engine,
+            "study",
+            dataset,
+            reporter,
+            cancel,
+            surface,
+            out_dir,
+            shots=shots,
+        )
+        report.queries.append(result)
+        log.info("study volume %d %s: Dice %.4f (%.1f s)", qid, result.name, result.dice, result.seconds)
+    report.seconds_total = time.perf_counter() - start
+    if out_dir is not None:
+        report.save(out_dir / "evaluation.json")
+    return report
+
+
 def _evaluate_query(
     split: FoldSplit,
     qid: int,
@@ -441,6 +574,7 @@ def _evaluate_query(
     cancel: CancelToken | None,
     surface: bool,
     out_dir: Path | None,
+    shots: int = 1,
 ) -> QueryResult:
     """Segment one class in one query volume as the protocol says, and score it."""
     query = case(qid)
@@ -462,6 +596,21 @@ def _evaluate_query(
                 supports.append(example)
                 support_slices.append([sid, example.slice_index])
         assignment = {z: list(members[c]) for z, c in chunk_of.items()}
+    elif protocol == "study":
+        chosen, _queries, chunk_of = study_layout(ref, shots)
+        examples = make_support_examples(
+            query.normalized,
+            ref,
+            chosen,
+            from_query=True,
+            source=f"{qid}",
+            label_name=name,
+            spacing_yx=(query.volume.geometry.spacing[1], query.volume.geometry.spacing[0]),
+        )
+        for example in examples:
+            supports.append(example)
+            support_slices.append([qid, example.slice_index])
+        assignment = {z: [c] for z, c in chunk_of.items()}
     else:
         for sid in split.support_ids:
             support = case(sid)
@@ -480,7 +629,7 @@ def _evaluate_query(
         spacing_zyx=(spacing[2], spacing[1], spacing[0]),
     )
     base = reporter.done
-    message = f"fold {split.fold}, volume {qid}, {name}"
+    message = f"volume {qid}, {name}" if protocol == "study" else f"fold {split.fold}, volume {qid}, {name}"
 
     def forward(p: Progress) -> None:
         reporter.done = base + min(p.done, len(slices))
@@ -496,6 +645,10 @@ def _evaluate_query(
     reporter.check()
     pred = np.zeros(ref.shape, dtype=bool)
     pred[slices] = predicted[slices]
+    if protocol == "study":  # the support slices are the person's own painting: not scored
+        scored = np.zeros(ref.shape, dtype=bool)
+        scored[slices] = ref[slices]
+        ref = scored
     tp = int(np.count_nonzero(pred & ref))
     fp = int(np.count_nonzero(pred & ~ref))
     fn = int(np.count_nonzero(~pred & ref))

@@ -44,13 +44,22 @@ def no_progress(_: Progress) -> None:
 
 
 class CancelToken:
-    """Thread-safe cancellation flag, checked by a job between its steps."""
+    """Thread-safe cancellation and pause flags, checked by a job between its steps.
+
+    ``pause()`` / ``resume()`` are honoured by jobs that can stop at a boundary and wait (the trainer does,
+    after an optimiser step); :meth:`wait_while_paused` returns when resumed or cancelled, so ``cancel()``
+    also wakes a paused job.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._condition = threading.Condition()
+        self._paused = False
 
     def cancel(self) -> None:
         self._event.set()
+        with self._condition:
+            self._condition.notify_all()
 
     @property
     def cancelled(self) -> bool:
@@ -59,6 +68,28 @@ class CancelToken:
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise JobCancelled("cancelled by the user")
+
+    def pause(self) -> None:
+        """Ask the job to wait at its next boundary (a no-op for jobs that do not pause)."""
+        with self._condition:
+            self._paused = True
+            self._condition.notify_all()
+
+    def resume(self) -> None:
+        """Let a paused job continue."""
+        with self._condition:
+            self._paused = False
+            self._condition.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def wait_while_paused(self, poll_s: float = 0.1) -> None:
+        """Block while paused; return once resumed or cancelled."""
+        with self._condition:
+            while self._paused and not self._event.is_set():
+                self._condition.wait(poll_s)
 
 
 class ProgressReporter:

@@ -16,9 +16,17 @@
   and reproduces the uninterrupted run's losses;
 - cancellation is checked after every optimiser step: a checkpoint and the last model are written, then
   :class:`~sd_fsmis.core.errors.JobCancelled` is raised;
-- validation every ``validate_every`` steps: EP1 Dice (:func:`sd_fsmis.core.evaluation.evaluate`) of the test
-  classes on the fold's test volumes, and the mean loss of fixed held-out episodes; the best (by Dice) and
-  last models are saved in the model-folder format with the training provenance.
+- pause (:meth:`CancelToken.pause`, one process only) is honoured after an optimiser step: a checkpoint is
+  written (a crash while paused loses nothing), a "paused" report is sent, the job waits for ``resume()``
+  (or ``cancel()``) and sends a "resumed" report; the paused time counts neither in the ETA nor in the
+  steps per second, nor in the run's seconds;
+- validation every ``validate_every`` steps (and at step 0 with ``validate_before``): the mean loss of fixed
+  held-out episodes and the Dice (:func:`sd_fsmis.core.evaluation.evaluate`) -- EP1 on the test classes of
+  the fold's test volumes, or, with ``validation_ids``, the "study" protocol (supports from the volume
+  itself) on ``classes`` of those volumes; the best (by Dice) and last models are saved in the
+  model-folder format with the training provenance;
+- a finished run writes ``out/finished.json`` (steps, seconds, models, best Dice, class Dice before and
+  after), so that an interrupted run (checkpoints, no ``finished.json``) can be told from a finished one.
 
 Gradient checkpointing: the SQI attention processors read the support bank's mode when called; a
 recomputation during the backward pass would see the bank already cleared. :func:`sqi_checkpointing`
@@ -55,6 +63,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+FINISHED = "finished.json"
+FINISHED_FORMAT = "sd-fsmis training run"
 LAST_MODEL = "model"
 BEST_MODEL = "best"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -72,9 +82,13 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)
     #: step -> mean loss of the fixed held-out episodes (step 0 = before training)
     heldout_losses: dict[int, float] = field(default_factory=dict)
-    #: step -> validation mean Dice (EP1, test classes, the fold's test volumes)
+    #: step -> validation mean Dice (EP1 on the fold's test volumes, or the study protocol on validation_ids)
     validation: dict[int, float] = field(default_factory=dict)
+    #: step -> class name -> validation Dice (NaN where a class could not be scored)
+    class_validation: dict[int, dict[str, float]] = field(default_factory=dict)
     best_dice: float | None = None
+    #: the step of the best model (``best_dir``); None when no validation after step 0 ran
+    best_step: int | None = None
     seconds: float = 0.0
     steps_per_second: float = 0.0
     resumed_from: int = 0
@@ -215,6 +229,29 @@ def _fold_ids(ids: list[int], config: TrainingConfig) -> list[int]:
     return fold_split(ids, config.fold, n_folds=config.n_folds, shots=config.shots).ids
 
 
+def _study_validation_labels(dataset: Any, ids: list[int], classes: list[int] | None) -> list[int]:
+    """The classes the study-protocol validation scores: ``classes`` (each in some validation volume) or
+    every class present in the validation volumes; :class:`TrainingConfigError` when there is none."""
+    from sd_fsmis.core.labelmap import LabelMap
+
+    present: set[int] = set()
+    for case_id in ids:
+        present.update(LabelMap.load(dataset.case(case_id).label).present_labels())
+    if classes is None:
+        if not present:
+            raise TrainingConfigError(f"the validation volumes {ids} hold no labelled class")
+        return sorted(present)
+    absent = [c for c in classes if c not in present]
+    if absent:
+        names = ", ".join(f"{c} ({dataset.class_name(c)})" for c in absent)
+        raise TrainingConfigError(f"class(es) {names} are in none of the validation volumes {ids}")
+    return sorted(classes)
+
+
+def _json_dice(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
 # ------------------------------------------------------------------------------------------ the job
 def train(
     config: TrainingConfig,
@@ -250,7 +287,16 @@ def train(
 
     # -- data --------------------------------------------------------------------------------------------
     dataset = FewShotDataset.open(config.data)
-    held_out_ids = _fold_ids(dataset.ids, config)
+    if config.class_names:
+        dataset.class_names.update(config.class_names)
+    study_validation = config.validation_ids is not None
+    if study_validation:
+        unknown = [i for i in config.validation_ids if i not in dataset.ids]
+        if unknown:
+            raise TrainingConfigError(f"validation volume(s) {unknown} are not in {config.data}")
+        held_out_ids = sorted(set(config.validation_ids))
+    else:
+        held_out_ids = _fold_ids(dataset.ids, config)
     train_ids = (
         config.train_ids
         if config.train_ids is not None
@@ -258,7 +304,17 @@ def train(
     )
     overlap = sorted(set(train_ids) & set(held_out_ids))
     if overlap:
+        if study_validation:
+            raise TrainingConfigError(f"volume(s) {overlap} cannot be both training and validation volumes")
         raise TrainingConfigError(f"training volumes {overlap} belong to test fold {config.fold}")
+    if not train_ids:
+        raise TrainingConfigError("no training volume is left once the validation volumes are held out")
+    validate_dice = config.dice_validation and bool(held_out_ids)  # validation_ids=[]: nothing to score
+    validation_labels = (
+        _study_validation_labels(dataset, held_out_ids, config.classes)
+        if study_validation and validate_dice
+        else list(config.test_classes)
+    )
     volumes = load_training_volumes(dataset, train_ids, source=config.source)
     sampler = EpisodeSampler(
         volumes,
@@ -267,6 +323,7 @@ def train(
         setting=config.setting,
         test_classes=config.test_classes,
         exclusion=config.exclusion,
+        classes=config.classes,
         augmentation=AugmentationConfig() if config.augment else None,
         seed=config.seed + 1000 * accelerator.process_index,
     )
@@ -311,7 +368,14 @@ def train(
 
     # -- resume ------------------------------------------------------------------------------------------
     global_step = 0
-    state: dict[str, Any] = {"losses": [], "heldout_losses": {}, "validation": {}, "best_dice": None}
+    state: dict[str, Any] = {
+        "losses": [],
+        "heldout_losses": {},
+        "validation": {},
+        "class_validation": {},
+        "best_dice": None,
+        "best_step": None,
+    }
     if config.resume:
         found = checkpoint_dirs(out)
         if found:
@@ -328,18 +392,37 @@ def train(
     losses: list[float] = list(state["losses"])
     heldout: dict[int, float] = {int(k): v for k, v in state["heldout_losses"].items()}
     validation: dict[int, float] = {int(k): v for k, v in state["validation"].items()}
+    class_validation: dict[int, dict[str, float]] = {
+        int(k): {name: (np.nan if d is None else float(d)) for name, d in v.items()}
+        for k, v in state.get("class_validation", {}).items()
+    }
     best_dice: float | None = state["best_dice"]
+    best_step: int | None = state.get("best_step")
+    if main:
+        (out / FINISHED).unlink(missing_ok=True)  # this run is under way again until it finishes
 
     # -- held-out episodes (fixed) -----------------------------------------------------------------------
     heldout_tensors: list[tuple[torch.Tensor, ...]] = []
-    if config.heldout_episodes > 0 and main:
+    if config.heldout_episodes > 0 and main and held_out_ids:
+        from sd_fsmis.core.episodes import EpisodeError
+
         ho_volumes = load_training_volumes(dataset, held_out_ids)
-        ho_sampler = EpisodeSampler(
-            ho_volumes, shots=config.shots, min_pixels=config.min_pixels, seed=config.seed + 7
-        )
-        heldout_tensors = [
-            episode_tensors(ho_sampler.sample(), pipeline) for _ in range(config.heldout_episodes)
-        ]
+        try:
+            ho_sampler = EpisodeSampler(
+                ho_volumes,
+                shots=config.shots,
+                min_pixels=config.min_pixels,
+                classes=config.classes if study_validation else None,
+                seed=config.seed + 7,
+            )
+        except EpisodeError as exc:
+            if not study_validation:
+                raise
+            log.warning("no held-out loss: the validation volumes give no episode (%s)", exc)
+        else:
+            heldout_tensors = [
+                episode_tensors(ho_sampler.sample(), pipeline) for _ in range(config.heldout_episodes)
+            ]
 
     def provenance_config(step: int, dice: float | None):
         from sd_fsmis.core.model.config import TrainingProvenance
@@ -348,16 +431,26 @@ def train(
         extra = {
             "training_config": config.to_dict(),
             "validation_dice": {str(k): v for k, v in validation.items()},
+            "class_validation": {
+                str(k): {name: _json_dice(d) for name, d in v.items()} for k, v in class_validation.items()
+            },
             "heldout_loss": {str(k): v for k, v in heldout.items()},
         }
         if dice is not None:
             extra["best_dice"] = dice
+        elif best_dice is not None:
+            extra["best_dice"] = best_dice
+        if study_validation:
+            how = f"{len(train_ids)} volumes, validated on {len(held_out_ids)}"
+            notes = f"validation volumes {', '.join(str(i) for i in held_out_ids)}"
+        else:
+            how = f"fold {config.fold}, setting {config.setting}"
+            notes = f"fold {config.fold}, setting {config.setting} ({config.exclusion})"
         return dataclasses.replace(
             base,
             name="",
             created="",
-            description=f"fine-tuned from {base_dir.name}: fold {config.fold}, setting {config.setting}, "
-            f"{step} steps",
+            description=f"fine-tuned from {base_dir.name}: {how}, {step} steps",
             classes=trained_classes,
             training=TrainingProvenance(
                 kind="fine-tuned",
@@ -366,8 +459,7 @@ def train(
                 seed=config.seed,
                 held_out_classes=[dataset.class_name(c) for c in config.test_classes],
                 datasets=[f"{Path(config.data).name}: volumes {', '.join(str(i) for i in train_ids)}"],
-                notes=f"fold {config.fold}, setting {config.setting} ({config.exclusion}), "
-                f"source {config.source}" + (", LoRA merged" if config.lora else ""),
+                notes=f"{notes}, source {config.source}" + (", LoRA merged" if config.lora else ""),
                 extra=extra,
             ),
         )
@@ -417,7 +509,12 @@ def train(
                 "losses": losses,
                 "heldout_losses": {str(k): v for k, v in heldout.items()},
                 "validation": {str(k): v for k, v in validation.items()},
+                "class_validation": {
+                    str(k): {name: _json_dice(d) for name, d in v.items()}
+                    for k, v in class_validation.items()
+                },
                 "best_dice": best_dice,
+                "best_step": best_step,
                 "config": config.to_dict(),
             }
             atomic_write_text(tmp / TRAINER_STATE, json.dumps(trainer_state))
@@ -430,36 +527,48 @@ def train(
         return final
 
     def run_validation(step: int) -> dict[str, Any]:
-        nonlocal best_dice
+        nonlocal best_dice, best_step
         results: dict[str, Any] = {}
         if main and heldout_tensors:
             model.eval()
             with accelerator.autocast():
                 heldout[step] = heldout_loss(pipeline, heldout_tensors, config.seed)
             results["heldout_loss"] = heldout[step]
-        if main and config.dice_validation:
+        if main and validate_dice:
             from sd_fsmis.core.evaluation import evaluate
             from sd_fsmis.core.model.engine import SDFSMISEngine
 
             model.eval()
             engine = SDFSMISEngine(pipeline, name=f"{out.name}@{step}")
             with accelerator.autocast():  # the frozen parts may be bf16/fp16, the trained ones fp32
-                report = evaluate(
-                    dataset,
-                    engine,
-                    protocol="ep1",
-                    folds=[config.fold],
-                    labels=config.test_classes,
-                    shots=config.shots,
-                    n_folds=config.n_folds,
-                    surface=False,
-                )
+                if study_validation:
+                    report = evaluate(
+                        dataset,
+                        engine,
+                        protocol="study",
+                        ids=held_out_ids,
+                        labels=validation_labels,
+                        shots=config.shots,
+                        surface=False,
+                    )
+                else:
+                    report = evaluate(
+                        dataset,
+                        engine,
+                        protocol="ep1",
+                        folds=[config.fold],
+                        labels=config.test_classes,
+                        shots=config.shots,
+                        n_folds=config.n_folds,
+                        surface=False,
+                    )
             dice = float(report.mean_dice())
             validation[step] = dice
+            class_validation[step] = {dataset.class_name(k): float(v) for k, v in report.class_dice().items()}
             results["dice"] = dice
-            results["class_dice"] = {dataset.class_name(k): v for k, v in report.class_dice().items()}
-            if step > 0 and (best_dice is None or dice > best_dice):
-                best_dice = dice
+            results["class_dice"] = dict(class_validation[step])
+            if step > 0 and np.isfinite(dice) and (best_dice is None or dice > best_dice):
+                best_dice, best_step = dice, step
                 save_model(BEST_MODEL, step, dice)
                 results["best"] = True
         model.train()
@@ -470,6 +579,7 @@ def train(
     report = progress or (lambda p: None)
     start = time.perf_counter()
     window_start, window_steps = start, 0
+    paused_s = 0.0  # time spent paused: not training time
 
     def emit(message: str, **extra: Any) -> None:
         report(
@@ -477,16 +587,14 @@ def train(
                 done=global_step,
                 total=config.steps,
                 message=message,
-                elapsed_s=time.perf_counter() - start,
+                elapsed_s=time.perf_counter() - start - paused_s,
                 extra=extra,
             )
         )
 
-    if (
-        global_step == 0
-        and main
-        and (heldout_tensors or (config.dice_validation and config.validate_every > 0))
-    ):
+    if global_step == 0 and config.validate_before and validate_dice:
+        emit("before training", step=0, validation=run_validation(0))
+    elif global_step == 0 and main and (heldout_tensors or (validate_dice and config.validate_every > 0)):
         if heldout_tensors:
             model.eval()
             with accelerator.autocast():
@@ -543,17 +651,35 @@ def train(
                 f"training cancelled at step {global_step}; checkpoint {extra['checkpoint']} "
                 "(continue with --resume)"
             )
+        if (
+            cancel is not None
+            and accelerator.num_processes == 1
+            and getattr(cancel, "paused", False)
+            and global_step < config.steps
+        ):
+            checkpoint = extra.get("checkpoint") or str(save_checkpoint(global_step))
+            emit(f"paused at step {global_step}", step=global_step, paused=True, checkpoint=checkpoint)
+            paused_at = time.perf_counter()
+            cancel.wait_while_paused()
+            waited = time.perf_counter() - paused_at
+            paused_s += waited
+            window_start += waited  # samples/s and the ETA count training time only
+            if cancel.cancelled:
+                save_model(LAST_MODEL, global_step)
+                raise JobCancelled(
+                    f"training cancelled at step {global_step} while paused; checkpoint {checkpoint} "
+                    "(continue with --resume)"
+                )
+            emit(f"resumed at step {global_step}", step=global_step, paused=False, resumed=True)
 
     # -- the end -----------------------------------------------------------------------------------------
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - paused_s
     final_validation = run_validation(global_step) if global_step > resumed_from or not validation else {}
     if not checkpoint_dirs(out) or checkpoint_dirs(out)[-1].name != f"{CHECKPOINT_PREFIX}{global_step}":
         save_checkpoint(global_step)
     model_dir = save_model(LAST_MODEL, global_step)
-    emit("finished", step=global_step, validation=final_validation)
-    accelerator.end_training()
     done = global_step - resumed_from
-    return TrainingResult(
+    result = TrainingResult(
         out=out,
         model_dir=model_dir,
         best_dir=(out / BEST_MODEL) if (out / BEST_MODEL).is_dir() else None,
@@ -561,11 +687,44 @@ def train(
         losses=losses,
         heldout_losses=dict(sorted(heldout.items())),
         validation=dict(sorted(validation.items())),
+        class_validation=dict(sorted(class_validation.items())),
         best_dice=best_dice,
+        best_step=best_step,
         seconds=seconds,
         steps_per_second=done / seconds if seconds > 0 and done else 0.0,
         resumed_from=resumed_from,
     )
+    if main:
+        write_finished(result)
+    emit("finished", step=global_step, validation=final_validation)
+    accelerator.end_training()
+    return result
+
+
+def write_finished(result: TrainingResult) -> Path:
+    """Write ``out/finished.json`` (atomically): the mark of a run that ended normally, with its summary."""
+    import datetime
+
+    chosen = result.best_step if result.best_step is not None else result.steps
+    document = {
+        "format": FINISHED_FORMAT,
+        "version": 1,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "step": result.steps,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 3),
+        "model": str(result.model_dir) if result.model_dir else None,
+        "best": str(result.best_dir) if result.best_dir else None,
+        "best_dice": _json_dice(result.best_dice),
+        "best_step": result.best_step,
+        "registered_step": chosen,
+        "validation": {str(k): _json_dice(v) for k, v in result.validation.items()},
+        "class_dice_before": {k: _json_dice(v) for k, v in result.class_validation.get(0, {}).items()},
+        "class_dice_after": {k: _json_dice(v) for k, v in result.class_validation.get(chosen, {}).items()},
+    }
+    path = result.out / FINISHED
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    return path
 
 
 __all__ = [
@@ -578,4 +737,5 @@ __all__ = [
     "merged_unet",
     "sqi_checkpointing",
     "train",
+    "write_finished",
 ]

@@ -38,8 +38,15 @@ class TrainingConfig:
     test_classes: list[int] = field(default_factory=lambda: [2, 3])
     #: "labels" (annotation) or "supervoxels" (self-supervised pseudo-labels)
     source: str = "labels"
-    #: training volumes (default: every volume outside the fold)
+    #: training volumes (default: every volume outside the fold, or outside ``validation_ids``)
     train_ids: list[int] | None = None
+    #: train only on these label values (default: every class except ``test_classes``)
+    classes: list[int] | None = None
+    #: explicit held-out volumes: replaces the fold split; validation uses the "study" protocol on them
+    #: ([]: no held-out volume, so no validation at all; None: the fold split)
+    validation_ids: list[int] | None = None
+    #: names of the label values (default: the dataset's names, else "Label N")
+    class_names: dict[int, str] | None = None
     shots: int = 1
     min_pixels: int = 200
     augment: bool = True
@@ -72,6 +79,8 @@ class TrainingConfig:
     validate_every: int = 1000
     #: skip the Dice validation entirely (the held-out loss is still measured)
     dice_validation: bool = True
+    #: also run the Dice validation at step 0, before any training (the "before" of a before/after table)
+    validate_before: bool = False
     #: fixed held-out episodes (from the fold's test volumes) whose mean loss is measured at each validation
     heldout_episodes: int = 16
     #: copy the frozen VAE / DINOv2 into the saved models (else they reference the base model's folders)
@@ -82,6 +91,8 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["adam_betas"] = list(self.adam_betas)
+        if self.class_names is not None:
+            data["class_names"] = {str(k): v for k, v in self.class_names.items()}
         return data
 
     def to_json(self) -> str:
@@ -98,6 +109,19 @@ class TrainingConfig:
         values = dict(data)
         if "adam_betas" in values:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
+        if values.get("class_names") is not None:
+            names = values["class_names"]
+            if not isinstance(names, dict):
+                raise TrainingConfigError('class_names must map label values to names, e.g. {"1": "liver"}')
+            try:
+                values["class_names"] = {int(k): str(v) for k, v in names.items()}
+            except (TypeError, ValueError):
+                raise TrainingConfigError(
+                    f"class_names: label values must be whole numbers, got {sorted(names)}"
+                ) from None
+        for key in ("classes", "validation_ids", "train_ids", "test_classes"):
+            if values.get(key) is not None:
+                values[key] = _int_list(values[key], key)
         return cls(**values).validate()
 
     @classmethod
@@ -143,4 +167,38 @@ class TrainingConfig:
         for ok, message in checks:
             if not ok:
                 raise TrainingConfigError(message)
+        if self.classes is not None:
+            if not self.classes:
+                raise TrainingConfigError("classes: choose at least one class to train on")
+            if any(int(c) < 1 for c in self.classes):
+                raise TrainingConfigError("classes are label values 1 and above (0 is the background)")
+            both = sorted(set(self.classes) & set(self.test_classes))
+            if both and self.source == "labels":
+                raise TrainingConfigError(
+                    f"class(es) {_ids(both)} cannot be both trained on and held out as test classes"
+                )
+        if self.validation_ids is not None:
+            both = sorted(set(self.validation_ids) & set(self.train_ids or []))
+            if both:
+                raise TrainingConfigError(
+                    f"volume(s) {_ids(both)} cannot be both training and validation volumes"
+                )
+        if self.class_names is not None and any(int(k) < 1 for k in self.class_names):
+            raise TrainingConfigError("class_names: label values are 1 and above")
         return self
+
+
+def _ids(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _int_list(value: Any, key: str) -> list[int]:
+    """A JSON list of whole numbers as ``list[int]``; :class:`TrainingConfigError` otherwise."""
+    if not isinstance(value, (list, tuple)):
+        raise TrainingConfigError(f"{key} must be a list of whole numbers, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise TrainingConfigError(f"{key} must be a list of whole numbers, got {v!r}")
+        out.append(int(v))
+    return out

@@ -1,4 +1,8 @@
-"""``sd-fsmis train``: episodic fine-tuning of an SD-FSMIS model on a CHAOS-like data folder.
+"""``sd-fsmis train``: episodic fine-tuning of an SD-FSMIS model on a CHAOS-like data folder or a manifest.
+
+``--validation-ids`` replaces the fold split by explicit held-out volumes (validated with the "study"
+protocol: the supports are slices of each held-out volume itself); ``--classes`` restricts training to
+some label values; ``--validate-before`` also measures the validation Dice at step 0.
 
 Settings come from ``--config FILE.json`` (a :class:`~sd_fsmis.core.training_config.TrainingConfig` as JSON)
 and/or flags; a flag overrides the file. Defaults are the reference's hyper-parameters (15,000 steps,
@@ -61,6 +65,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--exclusion", choices=["any", "all"], help="Setting 2: remove slices holding any (default) / all"
     )
     p.add_argument("--test-classes", metavar="L1,L2", help="held-out classes (default 2,3: kidneys; or 1,4)")
+    p.add_argument(
+        "--classes",
+        metavar="L1,L2",
+        help="train only on these label values (default: all but the test classes)",
+    )
+    p.add_argument(
+        "--validation-ids",
+        metavar="ID1,ID2",
+        help="held-out volumes instead of the fold, validated with the study protocol "
+        "(supports taken from each volume itself)",
+    )
+    p.add_argument(
+        "--validate-before",
+        action="store_true",
+        help="also measure the validation Dice before training (step 0)",
+    )
     p.add_argument("--source", choices=["labels", "supervoxels"], help="labels (default) or supervoxels")
     p.add_argument("--shots", type=int, metavar="K", help="support slices per episode (default 1)")
     p.add_argument("--lr-unet", type=float, metavar="LR", help="U-Net learning rate (default 1e-5)")
@@ -89,19 +109,27 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, dest, None)
         if value is not None:
             data[key] = value
-    if args.test_classes:
-        try:
-            data["test_classes"] = [int(v) for v in args.test_classes.replace(" ", "").split(",") if v]
-        except ValueError:
-            raise TrainingConfigError(
-                f"--test-classes: expected values such as 2,3, got {args.test_classes!r}"
-            ) from None
+    for flag, key, example in (
+        ("test_classes", "test_classes", "2,3"),
+        ("classes", "classes", "1,4"),
+        ("validation_ids", "validation_ids", "3,7"),
+    ):
+        text = getattr(args, flag, None)
+        if text:
+            try:
+                data[key] = [int(v) for v in text.replace(" ", "").split(",") if v]
+            except ValueError:
+                option = "--" + flag.replace("_", "-")
+                raise TrainingConfigError(
+                    f"{option}: expected values such as {example}, got {text!r}"
+                ) from None
     for flag, key, value in (
         ("resume", "resume", True),
         ("no_validation", "dice_validation", False),
         ("no_augment", "augment", False),
         ("lora", "lora", True),
         ("gradient_checkpointing", "gradient_checkpointing", True),
+        ("validate_before", "validate_before", True),
     ):
         if getattr(args, flag, False):
             data[key] = value
@@ -166,8 +194,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"training loss: first step {result.losses[0]:.4f}, last step {result.losses[-1]:.4f}")
     if first and last:
         print(f"held-out loss: step {first[0]} {first[1]:.4f} -> step {last[0]} {last[1]:.4f}")
+    if config.validation_ids is not None:
+        where = "study protocol, volumes " + ",".join(str(i) for i in config.validation_ids)
+    else:
+        where = f"EP1, fold {config.fold}"
     for step, dice in result.validation.items():
-        print(f"validation Dice (EP1, fold {config.fold}) at step {step}: {100 * dice:.2f} %")
+        per_class = ", ".join(
+            f"{name} {100 * d:.2f}" for name, d in result.class_validation.get(step, {}).items()
+        )
+        print(
+            f"validation Dice ({where}) at step {step}: {100 * dice:.2f} %"
+            + (f" ({per_class})" if per_class else "")
+        )
     print(f"last model: {result.model_dir}")
     if result.best_dir is not None:
         print(f"best model: {result.best_dir} (Dice {100 * (result.best_dice or 0):.2f} %)")

@@ -74,3 +74,26 @@ def test_train_command_writes_a_model_and_resumes(chaos_dir, tmp_path, capsys):
     assert ModelConfig.load(tmp_path / "run" / "model").training.steps == 5
     saved = json.loads((tmp_path / "run" / "training_config.json").read_text())
     assert saved["steps"] == 5 and saved["resume"] is True
+
+
+def test_validation_volumes_classes_and_validate_before(chaos_dir, tmp_path, capsys):
+    with pytest.raises(TrainingConfigError, match="--validation-ids"):
+        train_command.build_config(
+            parse(["--model", "m", "--data", "d", "--out", "o", "--validation-ids", "x"])
+        )
+    base = create_preset_model("tiny", out=tmp_path / "base", seed=0)
+    path = tmp_path / "run.json"
+    run = {"model": str(base), "data": str(chaos_dir), "out": str(tmp_path / "run"), "train_ids": [2, 15]}
+    path.write_text(json.dumps(run))  # few training volumes: a fast run
+    argv = ["--config", str(path), "--device", "cpu", "--steps", "2", "--accumulation", "1"]
+    argv += ["--heldout-episodes", "2", "--validate-every", "0"]
+    argv += ["--classes", "1", "--validation-ids", "5", "--validate-before"]
+    config = train_command.build_config(parse(argv))
+    assert (config.classes, config.validation_ids, config.validate_before) == ([1], [5], True)
+    assert train_command.run(parse(argv)) == 0
+    out = capsys.readouterr().out
+    assert "validation Dice (study protocol, volumes 5) at step 0:" in out and "(liver " in out
+    assert "at step 2:" in out
+    saved = ModelConfig.load(tmp_path / "run" / "model")
+    assert saved.classes == ["liver"] and set(saved.training.extra["class_validation"]) == {"0", "2"}
+    assert json.loads((tmp_path / "run" / "finished.json").read_text())["step"] == 2

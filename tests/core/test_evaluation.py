@@ -196,3 +196,46 @@ def test_chaos_fold_ep1_spleen_matches_saved_predictions(chaos_dir, tmp_path):
     assert np.mean(dices) == pytest.approx(report.mean_dice())
     assert f"{100 * np.mean(dices):.2f}" in report.markdown()
     assert np.mean(dices) > 0.2  # spleen is the classical engine's hardest class (measured ~0.37)
+
+
+def test_study_protocol_takes_supports_from_the_query_and_does_not_score_them(chaos_dir, tmp_path):
+    """The app's workflow: 1 or 3 painted slices of the volume itself; the rest of its range is scored."""
+    from sd_fsmis.core.engines.classical import RegistrationSettings
+    from sd_fsmis.core.evaluation import study_layout
+    from sd_fsmis.core.support import chunk_middle_slices, labelled_slices
+
+    dataset = FewShotDataset.open(chaos_dir)
+    out = tmp_path / "preds"
+    # coarse propagation settings: the layout is under test here, not the engine (a second, not 30)
+    fast = RegistrationSettings(
+        initializer="identity", shrink_factors=(4,), smoothing_sigmas=(2.0,), affine_iterations=10
+    )
+    engine = ClassicalEngine(neighbour=fast)
+    report = evaluate(
+        dataset, engine, protocol="study", ids=[5, 2], labels=[1], shots=3, save_predictions=out
+    )
+    assert report.folds == [0] and report.splits[0].query_ids == [2, 5] and report.protocol == "study"
+    assert [q.query_id for q in report.queries] == [2, 5]
+    for q in report.queries:
+        reference = LabelMap.load(chaos_dir / "labels" / f"label_{q.query_id}.nii.gz")
+        ref = reference.binary(1)
+        labelled = labelled_slices(ref)
+        chosen = chunk_middle_slices(labelled, 3)
+        assert q.support_slices == [[q.query_id, z] for z in chosen]  # from the query volume itself
+        assert q.slices == [z for z in range(labelled[0], labelled[-1] + 1) if z not in chosen]
+        assert set(q.chunks) == set(q.slices) and sorted(set(q.chunks.values())) == [0, 1, 2]
+        pred = LabelMap.load(out / q.prediction, like=reference.geometry).binary(1)
+        assert not pred[chosen].any()  # nothing predicted (or scored) on the painted slices
+        scored = np.zeros_like(ref)
+        scored[q.slices] = ref[q.slices]
+        assert q.false_negatives == int((scored & ~pred).sum())  # the support slices are not missed voxels
+        assert q.dice == pytest.approx(metrics_dice(pred, scored))
+        assert q.dice > 0.5  # propagation from painted slices of the same liver (measured ~0.8)
+        assert math.isfinite(q.hd95_mm)
+    assert "STUDY" in report.markdown()
+    one, queries, chunks = study_layout(LabelMap.load(chaos_dir / "labels" / "label_2.nii.gz").binary(1), 1)
+    assert len(one) == 1 and one[0] not in queries and set(chunks.values()) == {0}
+    with pytest.raises(EvaluationError, match="none of the volumes"):
+        evaluate(dataset, engine, protocol="study", ids=[2], labels=[7])
+    with pytest.raises(EvaluationError, match="study protocol"):
+        evaluate(dataset, engine, protocol="ep1", ids=[2])

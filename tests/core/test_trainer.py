@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,10 +58,28 @@ def config_for(tiny_model, chaos_dir, out, **overrides) -> TrainingConfig:
 
 
 def test_config_json_round_trip_and_errors(tmp_path):
-    config = TrainingConfig(model="m", data="d", out="o", steps=7, adam_betas=(0.8, 0.99))
+    config = TrainingConfig(
+        model="m",
+        data="d",
+        out="o",
+        steps=7,
+        adam_betas=(0.8, 0.99),
+        classes=[1, 4],
+        validation_ids=[3],
+        validate_before=True,
+        class_names={1: "liver", 4: "spleen"},
+        test_classes=[],
+    )
     path = tmp_path / "run.json"
     path.write_text(config.to_json())
+    assert json.loads(path.read_text())["class_names"] == {"1": "liver", "4": "spleen"}
     assert TrainingConfig.load(path) == config
+    with pytest.raises(TrainingConfigError, match="both training and validation"):
+        TrainingConfig.from_dict({**config.to_dict(), "train_ids": [1, 3]})
+    with pytest.raises(TrainingConfigError, match="both trained on and held out"):
+        TrainingConfig.from_dict({**config.to_dict(), "test_classes": [4]})
+    with pytest.raises(TrainingConfigError, match="whole numbers"):
+        TrainingConfig.from_dict({**config.to_dict(), "classes": [1.5]})
     defaults = TrainingConfig(model="m", data="d", out="o")
     assert (defaults.steps, defaults.accumulation, defaults.seed) == (15_000, 4, 42)
     assert (defaults.lr_unet, defaults.lr_mapper, defaults.weight_decay) == (1e-5, 5e-5, 1e-2)
@@ -134,6 +155,52 @@ def test_cancel_then_resume_reproduces_the_uninterrupted_run(tiny_model, chaos_d
     np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-5, atol=1e-7)
     assert [p.name for p in checkpoint_dirs(tmp_path / "cut")][-1] == "checkpoint-10"
     assert len(checkpoint_dirs(tmp_path / "cut")) == 2  # keeps the newest checkpoints_total_limit
+
+
+def test_cancel_token_pause_resume_and_cancel_wake_a_waiting_job():
+    token = CancelToken()
+    token.wait_while_paused()  # not paused: returns at once
+    token.pause()
+    assert token.paused and not token.cancelled
+    threading.Timer(0.1, token.resume).start()
+    token.wait_while_paused(poll_s=5)  # woken by resume(), not by the poll
+    assert not token.paused
+    token.pause()
+    threading.Timer(0.1, token.cancel).start()
+    started = time.perf_counter()
+    token.wait_while_paused(poll_s=5)
+    assert token.cancelled and time.perf_counter() - started < 2
+
+
+def test_pause_checkpoints_waits_and_leaves_the_run_unchanged(tiny_model, chaos_dir, tmp_path):
+    common = dict(steps=4, accumulation=1, checkpoint_every=1000)
+    plain = train(config_for(tiny_model, chaos_dir, tmp_path / "plain", **common))
+    token = CancelToken()
+    seen: list[tuple[float, object]] = []
+
+    def on_progress(p):
+        seen.append((time.perf_counter(), p))
+        if p.extra.get("step") == 2 and "loss" in p.extra:
+            token.pause()  # as the Pause button would, while step 2 is reported
+        if p.extra.get("paused"):
+            threading.Timer(0.5, token.resume).start()  # the GUI thread resumes later
+
+    result = train(
+        config_for(tiny_model, chaos_dir, tmp_path / "paused", **common), progress=on_progress, cancel=token
+    )
+    np.testing.assert_allclose(result.losses, plain.losses, rtol=1e-6, atol=1e-8)  # deterministic
+    messages = [p.message for _, p in seen]
+    paused = messages.index("paused at step 2")
+    assert messages[paused + 1] == "resumed at step 2" and messages[paused - 1].startswith("step 2:")
+    extra = seen[paused][1].extra
+    assert extra["paused"] is True and extra["step"] == 2
+    assert Path(extra["checkpoint"]).name == "checkpoint-2"  # a crash while paused loses nothing
+    assert (Path(extra["checkpoint"]) / "trainer_state.json").is_file()
+    # the pause counts neither in the elapsed (ETA) time nor in the run's seconds
+    (wall2, step2), (wall3, step3) = seen[paused - 1], seen[paused + 2]
+    assert step3.extra["step"] == 3
+    assert (wall3 - wall2) - (step3.elapsed_s - step2.elapsed_s) >= 0.4
+    assert (tmp_path / "paused" / "finished.json").is_file()
 
 
 def _loss_and_grads(pipeline, checkpointing: bool):

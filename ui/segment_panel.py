@@ -143,8 +143,9 @@ class SegmentPanel(QtWidgets.QWidget):
         self.engine_combo.setMinimumContentsLength(22)
         self.engine_combo.setToolTip("The segmentation engine: a stored SD-FSMIS model, or the classical one")
         self.engine_combo.currentIndexChanged.connect(self._engine_changed)
-        self.model_help = QtWidgets.QLabel('<a href="#models">How do I get a model?</a>')
+        self.model_help = QtWidgets.QLabel('<a href="#models">Manage models… (how do I get one?)</a>')
         self.model_help.setTextFormat(Qt.TextFormat.RichText)
+        self.model_help.setToolTip("Create, import, rename or delete models, and choose the default one")
         self.model_help.linkActivated.connect(lambda _link: self.open_model_dialog())
 
         self.device_combo = QtWidgets.QComboBox()
@@ -294,8 +295,9 @@ class SegmentPanel(QtWidgets.QWidget):
             self.engine_combo.addItem(choice.label, choice.name)
             tip = choice.label + (f"\n{choice.path}" if choice.path else "")
             self.engine_combo.setItemData(self.engine_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
-        wanted = keep or default or CLASSICAL
-        index = self.engine_combo.findData(wanted)
+        index = self.engine_combo.findData(keep) if keep else -1
+        if index < 0:  # nothing chosen yet, or the chosen model was deleted: the default
+            index = self.engine_combo.findData(default or CLASSICAL)
         self.engine_combo.setCurrentIndex(max(0, index))
         self.engine_combo.blockSignals(False)
         self._engine_changed()
@@ -319,19 +321,31 @@ class SegmentPanel(QtWidgets.QWidget):
         self._update_state()
 
     def open_model_dialog(self) -> QtWidgets.QDialog:
-        """Show "How do I get a model?" (create a tiny test model, a base model, import a checkpoint)."""
-        from sd_fsmis.ui.model_dialog import ModelDialog
+        """Show the model manager (create, import, rename, delete models; choose the default one)."""
+        from sd_fsmis.ui.model_manager import ModelManagerDialog
 
         if self._model_dialog is None or not qt_alive(self._model_dialog):
-            self._model_dialog = ModelDialog(self)
-            self._model_dialog.modelCreated.connect(self._model_created)
+            dialog = ModelManagerDialog(self)
+            dialog.modelsChanged.connect(self.refresh_models)
+            dialog.modelCreated.connect(self._model_created)
+            dialog.defaultChanged.connect(self._model_created)
+            dialog.modelRenamed.connect(self._model_renamed)
+            self._model_dialog = dialog
+        else:
+            self._model_dialog.refresh()
         self._model_dialog.show()
         self._model_dialog.raise_()
         self._model_dialog.activateWindow()
         return self._model_dialog
 
     def _model_created(self, name: str) -> None:
+        """Choose the model ``name`` (new, or made the default) once the chooser was refilled."""
         self._select_after_listing = name
+        self.refresh_models()
+
+    def _model_renamed(self, old: str, new: str) -> None:
+        if self.engine_name == old:
+            self._select_after_listing = new
         self.refresh_models()
 
     # ------------------------------------------------------------------------------------------ state

@@ -177,11 +177,14 @@ def test_unusable_support_is_explained_and_nothing_starts(make_panel, liver_phan
 def test_tiny_model_from_the_model_dialog_then_segment(qtbot, make_panel, liver_phantom):
     session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)
-    dialog = panel.open_model_dialog()
+    manager = panel.open_model_dialog()
+    qtbot.waitExposed(manager)
+    screenshot(manager, "model_manager.png")
+    dialog = manager.create_model("tiny")
     qtbot.waitExposed(dialog)
     assert "--preset tiny --name tiny-test" in dialog.command()
     screenshot(dialog, "model_dialog.png")
-    dialog.tabs.setCurrentIndex(1)
+    dialog.set_page("base")
     dialog.sd_field.edit.setText("/data/models/stable-diffusion-v1-5")
     dialog.dino_field.edit.setText("/data/models/dinov2-base")
     assert dialog.command() == (
@@ -191,7 +194,7 @@ def test_tiny_model_from_the_model_dialog_then_segment(qtbot, make_panel, liver_
     screenshot(dialog, "model_dialog_base.png")
     assert not dialog.start_current()  # folders that do not exist: said so, nothing started
     assert "does not exist" in dialog.last_error and not dialog.is_running()
-    dialog.tabs.setCurrentIndex(0)
+    dialog.set_page("tiny")
     with qtbot.waitSignal(panel.modelsListed, timeout=120_000):
         assert dialog.create_tiny("tiny-test")
         assert dialog.is_running()

@@ -34,6 +34,7 @@ class WindowActions:
     view: dict[str, QtGui.QAction] = field(default_factory=dict)
     tools: dict[str, QtGui.QAction] = field(default_factory=dict)
     layouts: dict[str, QtGui.QAction] = field(default_factory=dict)
+    models: dict[str, QtGui.QAction] = field(default_factory=dict)
     recent_menu: QtWidgets.QMenu | None = None
     presets_menu: QtWidgets.QMenu | None = None
 
@@ -184,6 +185,25 @@ def build_actions(w: MainWindow) -> WindowActions:
     a.edit["cancel_segment"] = _action(w, "&Cancel segmentation", w.cancel_segmentation, ())
     for name in ("add_support", "segment", "cancel_segment"):
         m.addAction(a.edit[name])
+
+    # -------------------------------------------------------------------------------------------- Models
+    m = menu.addMenu("&Models")
+    a.models["fine_tune"] = _action(
+        w,
+        "&Fine-tune on my data…",
+        w.open_fine_tune,
+        (),
+        "Train a model on your own annotated volumes (and the studies open with painted masks)",
+    )
+    a.models["manager"] = _action(
+        w,
+        "&Model manager…",
+        w.open_model_manager,
+        (),
+        "The models installed: create, import, rename, remove, choose the default",
+    )
+    m.addAction(a.models["fine_tune"])
+    m.addAction(a.models["manager"])
 
     # ---------------------------------------------------------------------------------------------- View
     m = menu.addMenu("&View")

@@ -46,7 +46,10 @@ PAGES = ("tiny", "base", "reference")
 #: ``Progress.extra["unit"]`` of a download's reports (bytes)
 BYTES = "bytes"
 
-RESUME_NOTE = "The files already downloaded are kept: the download resumes from there next time."
+RESUME_NOTE = (
+    "The files already downloaded are kept: next time only the missing ones are fetched "
+    "(the file that was in progress starts again)."
+)
 
 
 def download_text(done: int, total: int, rate: float | None) -> str:

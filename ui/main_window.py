@@ -81,6 +81,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._windows: dict[str, Window] = {}  # study id -> its window/level when it was last shown
         self._shown_study: Study | None = None
         self._help: HelpDialog | None = None
+        self._fine_tune: QtWidgets.QWizard | None = None
+        self._model_manager: QtWidgets.QDialog | None = None
         self._closing = False
         self._state_restored = False
         self._confusion = None
@@ -544,6 +546,73 @@ class MainWindow(QtWidgets.QMainWindow):
             "<p>Not a medical device: for research use.</p>",
         )
 
+    # ---------------------------------------------------------------------------------------- models
+    def open_fine_tune(self) -> QtWidgets.QWizard:
+        """Show the fine-tune wizard (a new one unless one is open), with the session's studies."""
+        from sd_fsmis.ui.fine_tune_wizard import FineTuneWizard
+
+        wizard = self._fine_tune
+        if wizard is None or not qt_alive(wizard) or not (wizard.isVisible() or wizard.is_training()):
+            if wizard is not None and qt_alive(wizard):
+                wizard.deleteLater()
+            wizard = FineTuneWizard(self.session, self)
+            wizard.modelRegistered.connect(self._model_registered)
+            wizard.modelsChanged.connect(self._models_changed)
+            self._fine_tune = wizard
+        wizard.show()
+        wizard.raise_()
+        wizard.activateWindow()
+        return wizard
+
+    @property
+    def fine_tune_wizard(self) -> QtWidgets.QWizard | None:
+        """The fine-tune wizard opened last (None before the first)."""
+        return self._fine_tune if self._fine_tune is not None and qt_alive(self._fine_tune) else None
+
+    def fine_tuning(self) -> bool:
+        """True while a fine-tuning runs."""
+        wizard = self.fine_tune_wizard
+        return wizard is not None and wizard.is_training()
+
+    def open_model_manager(self) -> QtWidgets.QDialog:
+        """Show the model manager (create, import, rename, remove, default).
+
+        With a Segment panel, it is the panel's manager (one window; the panel follows a model created,
+        renamed or made the default there).
+        """
+        from sd_fsmis.ui.model_manager import ModelManagerDialog
+
+        if self.segment_panel is not None and qt_alive(self.segment_panel):
+            self._model_manager = self.segment_panel.open_model_dialog()
+            return self._model_manager
+        if self._model_manager is None or not qt_alive(self._model_manager):
+            self._model_manager = ModelManagerDialog(self)
+            self._model_manager.modelsChanged.connect(self._models_changed)
+        self._model_manager.show()
+        self._model_manager.raise_()
+        self._model_manager.activateWindow()
+        return self._model_manager
+
+    def _models_changed(self) -> None:
+        if self.segment_panel is not None and qt_alive(self.segment_panel):
+            self.segment_panel.refresh_models()
+
+    def _model_registered(self, name: str) -> None:
+        """A fine-tuned model is in the store: the Segment panel offers it, chosen, at once."""
+        panel = self.segment_panel
+        if panel is None or not qt_alive(panel):
+            return
+
+        def choose() -> None:
+            panel.modelsListed.disconnect(choose)
+            panel.select_engine(name)
+
+        panel.modelsListed.connect(choose)
+        panel.refresh_models()
+        self.status.showMessage(f"Model '{name}' registered: choose it in the Segment panel", 10_000)
+        if "Segment" in self.docks:
+            self.docks["Segment"].raise_()
+
     # ------------------------------------------------------------------------------------- messages
     def show_error(self, title: str, message: str) -> None:
         """A non-blocking message box (one line from a UserError, never a traceback)."""
@@ -571,6 +640,14 @@ class MainWindow(QtWidgets.QMainWindow):
                 event.ignore()
                 return
             panel.cancel()
+        stop_training = self.fine_tuning()
+        if stop_training and not self.confirm(
+            "Quit",
+            "A fine-tuning is running. Stop it at the end of this step (a checkpoint is saved: open the "
+            "fine-tune wizard again to resume it) and quit?",
+        ):
+            event.ignore()
+            return
         unsaved = [
             f"{layer.name} ({study.name})"
             for study in self.session.studies
@@ -585,6 +662,11 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         self._closing = True
         with wait_cursor():
+            if stop_training:
+                self.status.showMessage("Stopping the fine-tuning (saving a checkpoint)…")
+                self.fine_tune_wizard.stop_training()
+            if self.fine_tune_wizard is not None:
+                self.fine_tune_wizard.shutdown()
             for candidate in (self.segment_panel, self.support_panel, self.compare_panel):
                 shutdown = getattr(candidate, "shutdown", None)
                 if callable(shutdown):

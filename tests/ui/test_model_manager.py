@@ -198,7 +198,7 @@ def test_download_shows_bytes_and_cancel_leaves_no_model(qtbot, monkeypatch, hub
     assert calls == [["stable-diffusion-v1-5/stable-diffusion-v1-5", "facebook/dinov2-base"]]
     dialog.cancel_button.click()
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=10_000)
-    assert "resumes" in dialog.status_label.text() and dialog.last_error == ""
+    assert "missing ones are fetched" in dialog.status_label.text() and dialog.last_error == ""
     assert dialog.create_button.isEnabled() and not dialog.cancel_button.isEnabled()
     assert not dialog.progress_bar.isVisible() and dialog.tabs.isEnabled()
     assert not model_path("sd15-hub").exists() and dialog.created_name == ""

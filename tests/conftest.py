@@ -79,3 +79,15 @@ def nibabel_file():
         return path
 
     return get
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run a test with one torch thread: the tiny models gain nothing from threads, and on a busy 2-core
+    machine two threads are far slower than one. Training test modules use it for every test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -62,6 +62,19 @@ def download_text(done: int, total: int, rate: float | None) -> str:
     return text
 
 
+def new_model_name_problem(name: str) -> str:
+    """Why ``name`` cannot be given to a new model in the store ("" when it can)."""
+    if not name:
+        return "Give the model a name."
+    try:
+        check_model_name(name)
+    except ModelError:
+        return "Use a name of letters, digits, '.', '_' and '-' (no spaces), up to 100 characters."
+    if model_path(name).exists():
+        return f"A model named “{name}” already exists: choose another name."
+    return ""
+
+
 def looks_like_hub_id(text: str) -> bool:
     """``owner/name`` as the Hub spells repositories (no path, no ``..``)."""
     return bool(_HUB_ID_RE.match(text)) and ".." not in text
@@ -531,15 +544,10 @@ class CreateModelDialog(QtWidgets.QDialog):
             self.status_label.setText("Cancelling…")
 
     def _check_name(self, name: str) -> bool:
-        try:
-            check_model_name(name)
-        except ModelError:
-            self._error("Use a name of letters, digits, '.', '_' and '-' (no spaces), up to 100 characters.")
-            return False
-        if model_path(name).exists():
-            self._error(f"A model named “{name}” already exists: choose another name.")
-            return False
-        return True
+        problem = new_model_name_problem(name)
+        if problem:
+            self._error(problem)
+        return not problem
 
     def _check_folder(self, path: str, what: str) -> bool:
         if not path:

@@ -1828,19 +1828,9 @@ class ResultPage(_WizardPage):
 
     def name_problem_text(self) -> str:
         """Why the name cannot be used ("" when it can)."""
-        from sd_fsmis.core.errors import UserError
-        from sd_fsmis.core.model.store import check_model_name
+        from sd_fsmis.ui.create_model_dialog import new_model_name_problem
 
-        name = self.name_edit.text().strip()
-        if not name:
-            return "Give the model a name."
-        try:
-            check_model_name(name)
-        except UserError as exc:
-            return str(exc)
-        if name in self.fw().model_names:
-            return f"A model named '{name}' is already in the store; choose another name."
-        return ""
+        return new_model_name_problem(self.name_edit.text().strip())
 
     def _name_changed(self, *_: object) -> None:
         self.name_problem.setText(self.name_problem_text() if self.registered is None else "")

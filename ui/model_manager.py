@@ -28,7 +28,6 @@ from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
 from sd_fsmis.core.model.download import human_bytes
 from sd_fsmis.core.model.store import (
     ModelInfo,
-    check_model_name,
     list_models,
     model_info,
     model_path,
@@ -36,7 +35,7 @@ from sd_fsmis.core.model.store import (
     rename_model,
     set_default_model,
 )
-from sd_fsmis.ui.create_model_dialog import CreateModelDialog
+from sd_fsmis.ui.create_model_dialog import CreateModelDialog, new_model_name_problem
 from sd_fsmis.ui.workers import JobWorker, error_box, format_seconds, qt_alive
 
 COLUMNS = ("Name", "Base", "Trained classes", "Date", "Validation Dice", "Size", "Default")
@@ -555,15 +554,10 @@ class ModelManagerDialog(QtWidgets.QDialog):
         return candidate
 
     def _check_new_name(self, name: str) -> bool:
-        try:
-            check_model_name(name)
-        except ModelError:
-            self._error("Use a name of letters, digits, '.', '_' and '-' (no spaces), up to 100 characters.")
-            return False
-        if model_path(name).exists():
-            self._error(f"A model named “{name}” already exists: choose another name.")
-            return False
-        return True
+        problem = new_model_name_problem(name)
+        if problem:
+            self._error(problem)
+        return not problem
 
     def _model_added(self, name: str) -> None:
         self.refresh()

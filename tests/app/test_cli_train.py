@@ -6,20 +6,13 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from sd_fsmis.commands import train as train_command
 from sd_fsmis.core.model.config import ModelConfig
 from sd_fsmis.core.model.create import create_preset_model
 from sd_fsmis.core.training_config import TrainingConfigError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from sd_fsmis.core.datasets import FewShotDataset
 from sd_fsmis.core.errors import GeometryMismatchError, JobCancelled, UserError
@@ -30,13 +29,7 @@ from sd_fsmis.core.model.create import create_preset_model
 from sd_fsmis.core.study_io import load_volume
 from sd_fsmis.core.trainer import checkpoint_dirs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def pair(paths, case_id: int, label_id: int | None = None) -> TrainingPair:

@@ -26,14 +26,7 @@ from sd_fsmis.core.trainer import (
 )
 from sd_fsmis.core.training_config import TrainingConfig, TrainingConfigError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads; with a busy CPU, two threads are far slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Base model → data (checked pairs, classes, held-out volumes) → settings (with a memory and time estimate)
 → training (live loss curve, Pause/Resume, Stop with a checkpoint, Resume) → result (Dice before/after on
 the held-out volumes, register the model under a name, make it the default). The pages live in
-:mod:`sd_fsmis.ui.fine_tune_pages`; every long step is a core job in a worker thread.
+the ``sd_fsmis.ui.fine_tune_*_page`` modules; every long step is a core job in a worker thread.
 
 When the wizard opens it looks for runs that stopped before their last step (a crash, the application
 closed while training) and offers to resume the newest from its checkpoint.
@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Any
 from PySide6 import QtWidgets
 from PySide6.QtCore import Signal
 
-from sd_fsmis.ui.fine_tune_pages import (
+from sd_fsmis.ui.fine_tune_common import (
     PAGE_DATA,
     PAGE_MODEL,
     PAGE_RESULT,
     PAGE_SETTINGS,
     PAGE_TRAINING,
-    BaseModelPage,
-    DataPage,
-    ResultPage,
-    SettingsPage,
-    TrainingPage,
     find_interrupted,
 )
+from sd_fsmis.ui.fine_tune_data_page import DataPage
+from sd_fsmis.ui.fine_tune_model_page import BaseModelPage
+from sd_fsmis.ui.fine_tune_result_page import ResultPage
+from sd_fsmis.ui.fine_tune_settings_page import SettingsPage
+from sd_fsmis.ui.fine_tune_training_page import TrainingPage
 from sd_fsmis.ui.mask_files import wait_cursor
 from sd_fsmis.ui.workers import JobWorker, qt_alive
 
@@ -115,7 +115,7 @@ class FineTuneWizard(QtWidgets.QWizard):
         """The run folder proposed: ``<runs>/<base model>-ft-<date-time>``, fixed once first used."""
         if self._default_out is None:
             from sd_fsmis.core.fine_tune import runs_dir
-            from sd_fsmis.ui.fine_tune_pages import model_name_from
+            from sd_fsmis.ui.fine_tune_common import model_name_from
 
             base = model_name_from(self.base_model or "model")
             self._default_out = Path(runs_dir()) / f"{base}-ft-{self._stamp}"

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 from sd_fsmis.core.session import Session
 from sd_fsmis.core.study import Study
 from sd_fsmis.core.volume import Volume, VolumeMetadata
-from sd_fsmis.ui.fine_tune_pages import (
+from sd_fsmis.ui.fine_tune_common import (
     PAGE_DATA,
     PAGE_RESULT,
     PAGE_SETTINGS,

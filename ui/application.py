@@ -2,7 +2,12 @@
 
 ``sd-fsmis`` opens the window (and the paths given); ``--demo`` opens the generated demo study;
 ``--self-test`` opens the window offscreen, segments the demo study through the Segment panel's worker
-and checks the Dice against the demo's reference, printing one line (exit code 0 when it passed).
+twice — with the classical engine (Dice against the demo's reference must pass a threshold) and with a
+tiny SD-FSMIS model built in memory with random weights (the run must finish with a well-formed result) —
+and prints one line (exit code 0 when it passed). The frozen bundle's build runs it.
+
+Start-up timing: with ``SD_FSMIS_STARTUP_REPORT=1`` the application prints
+``window shown after X.XX s`` (from the start of the process) once the main window is on screen, and quits.
 """
 
 from __future__ import annotations
@@ -15,11 +20,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PySide6 import QtCore
+
 from sd_fsmis import __version__
 
 log = logging.getLogger(__name__)
 
 SELF_TEST_MIN_DICE = 0.5
+#: what the self-test segments the demo with (tests may run one part only)
+SELF_TEST_ENGINES = ("classical", "model")
+#: environment variable: print the time from process start to the window shown, then quit
+STARTUP_REPORT_ENV = "SD_FSMIS_STARTUP_REPORT"
+ICON_NAME = "sd-fsmis-256.png"
 _configured = False
 
 
@@ -42,7 +54,65 @@ def make_application(offscreen: bool = False):
     app.setApplicationName("SD-FSMIS")
     app.setOrganizationName("SD-FSMIS")
     app.setApplicationVersion(__version__)
+    app.setDesktopFileName("sd-fsmis")  # Wayland: the window belongs to the installed sd-fsmis.desktop
+    icon = application_icon()
+    if icon is not None:
+        app.setWindowIcon(icon)
     return app
+
+
+def application_icon():
+    """The application's icon (a QIcon from the package's PNG sizes), or None when the files are missing."""
+    from PySide6 import QtGui
+
+    folder = Path(__file__).resolve().parent.parent / "resources"
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("sd_fsmis.resources")))
+    except (ImportError, TypeError, ModuleNotFoundError):
+        pass
+    sizes = sorted(folder.glob("sd-fsmis-*.png"))
+    if not sizes:
+        return None
+    icon = QtGui.QIcon()
+    for path in sizes:
+        icon.addFile(str(path))
+    return icon
+
+
+def seconds_since_process_start() -> float | None:
+    """How long this process has been running (seconds); None when the system does not say.
+
+    Linux: the start time in /proc/self/stat (clock ticks after boot) against CLOCK_BOOTTIME, both counted
+    from boot (psutil's create_time adds the boot time, which /proc gives in whole seconds only: up to 1 s
+    off). Elsewhere: psutil's create_time against the wall clock.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            stat = Path("/proc/self/stat").read_text()
+            ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
+            return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            pass
+    try:
+        import psutil
+
+        return time.time() - float(psutil.Process().create_time())
+    except Exception:
+        return None
+
+
+def _report_startup_and_quit(window, out=None) -> None:
+    """``window shown after X s`` (process start to now) on ``out``, then close the window (a clean exit)."""
+    from PySide6 import QtWidgets
+
+    seconds = seconds_since_process_start()
+    seconds = float("nan") if seconds is None else seconds
+    print(f"window shown after {seconds:.2f} s", file=out or sys.stdout, flush=True)
+    window.confirm = lambda *_: True
+    window.close()
+    QtWidgets.QApplication.instance().quit()
 
 
 def _qt_message_to_log(mode, _context, message: str) -> None:
@@ -134,13 +204,37 @@ def run_application(paths: list[str] | None = None, demo: bool = False, self_tes
     session = offer_restore() or Session()
     window = MainWindow(session)
     window.show()
+    if os.environ.get(STARTUP_REPORT_ENV):
+        from PySide6 import QtCore
+
+        # once the event loop has painted the window
+        QtCore.QTimer.singleShot(0, lambda: _report_startup_and_quit(window))
     if session.warnings:
         window.show_error("Session restored with notes", "\n".join(session.warnings))
     if demo:
         window.open_demo()
     if paths:
         window.open_paths(paths)
-    return app.exec()
+    opener = FileOpenFilter(window)  # macOS: files opened from the Finder arrive as events, not arguments
+    app.installEventFilter(opener)
+    try:
+        return app.exec()
+    finally:
+        app.removeEventFilter(opener)
+
+
+class FileOpenFilter(QtCore.QObject):
+    """Opens the file of a QFileOpenEvent (a document double-clicked in the macOS Finder) in the window."""
+
+    def __init__(self, window) -> None:
+        super().__init__(window)
+        self.window = window
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QtCore.QEvent.Type.FileOpen and event.file():
+            self.window.open_paths([event.file()])
+            return True
+        return False
 
 
 # ------------------------------------------------------------------------------------------- self-test
@@ -227,8 +321,19 @@ def _self_test_steps(window, timeout_s: float) -> str:
             raise SelfTestError(f"slice {z + 1} could not be added as support: {reason}")
     if len(session.support_set) != 3:
         raise SelfTestError(f"expected 3 support examples, got {len(session.support_set)}")
+    parts = []
+    if "classical" in SELF_TEST_ENGINES:
+        parts.append(_self_test_classical(window, first, last, timeout_s))
+    if "model" in SELF_TEST_ENGINES:
+        middle = supports[1]
+        parts.append(_self_test_model(window, label, (middle - 1, middle + 1), timeout_s))
+    return "self-test passed: demo study, " + "; ".join(parts)
+
+
+def _self_test_classical(window, first: int, last: int, timeout_s: float) -> str:
+    """Segment slices ``first``..``last`` with the classical engine; its Dice must pass the threshold."""
+    session, panel = window.session, window.segment_panel
     runs_before = len(session.runs)
-    panel = window.segment_panel
     if not panel.select_engine("classical"):
         raise SelfTestError("the classical engine is not offered by the Segment panel")
     panel.set_slice_range(first, last)
@@ -248,6 +353,62 @@ def _self_test_steps(window, timeout_s: float) -> str:
     if run.dice is None or run.dice <= SELF_TEST_MIN_DICE:
         raise SelfTestError(f"Dice {run.dice} vs the demo reference is not above {SELF_TEST_MIN_DICE}")
     return (
-        f"self-test passed: demo study, slices {first + 1}-{last + 1} segmented with the classical engine "
-        f"({run.k}-shot, {voxels} voxels), liver Dice {run.dice:.3f} vs the reference"
+        f"slices {first + 1}-{last + 1} segmented with the classical engine ({run.k}-shot, {voxels} voxels), "
+        f"liver Dice {run.dice:.3f} vs the reference"
+    )
+
+
+def _self_test_model(window, label: int, slices: tuple[int, int], timeout_s: float) -> str:
+    """Segment ``slices`` with a tiny SD-FSMIS model built in memory (random weights) through the panel.
+
+    Random weights give no meaningful Dice: what is checked is that the model runs in the application
+    (torch, diffusers and transformers load; the job finishes) and that its result is well-formed.
+    """
+    import numpy as np
+
+    from sd_fsmis.core.model.in_memory import register_tiny_engine, unregister_tiny_engine
+
+    session, panel = window.session, window.segment_panel
+    study_shape = tuple(session.active_study.volume.array.shape)
+    name = register_tiny_engine()
+    try:
+        panel.refresh_models()
+        _wait(lambda: not panel.models_loading(), timeout_s, "the list of models")
+        if not panel.select_engine(name):
+            raise SelfTestError("the in-memory SD-FSMIS model is not offered by the Segment panel")
+        panel.set_device("cpu")
+        panel.set_slice_range(*slices)
+        runs_before = len(session.runs)
+        if not panel.segment():
+            raise SelfTestError(f"the Segment button did not start with the model: {panel.last_error}")
+        _wait(lambda: not panel.is_running(), timeout_s, "the segmentation with the model")
+    finally:
+        unregister_tiny_engine(name)
+        panel.select_engine("classical")
+    runs = list(session.runs)
+    if len(runs) <= runs_before:
+        raise SelfTestError("no run was recorded for the model")
+    run = runs[-1]
+    if run.status != "done":
+        raise SelfTestError(f"the segmentation with the SD-FSMIS model {run.status}: {run.message}")
+    _, result = session.find_layer(run.result_layer_id)
+    if result is None or tuple(result.array.shape) != study_shape:
+        shape = None if result is None else result.array.shape
+        raise SelfTestError(f"the model's result has the shape {shape}, not the study's {study_shape}")
+    values = {int(v) for v in np.unique(result.array)}
+    if not values <= {0, int(label)}:
+        raise SelfTestError(f"the model's result holds values {sorted(values)}, not only 0 and {label}")
+    outside = np.ones(study_shape[0], bool)
+    outside[slices[0] : slices[1] + 1] = False
+    if result.array[outside].any():
+        raise SelfTestError("the model's result has voxels outside the slices it was asked to segment")
+    dtype = run.settings.get("dtype_used") or run.settings.get("dtype")  # what the engine really used
+    if not run.device or not dtype:
+        raise SelfTestError(
+            f"the model's run does not record its device and dtype ({run.device!r}, {dtype!r})"
+        )
+    voxels = int((result.array > 0).sum())
+    return (
+        f"slices {slices[0] + 1}-{slices[1] + 1} segmented with a tiny SD-FSMIS model built in memory "
+        f"(random weights, {run.device}, {dtype}, {voxels} voxels)"
     )

@@ -19,6 +19,17 @@ from sd_fsmis.ui.workers import JobWorker, format_seconds
 log = logging.getLogger(__name__)
 
 CPU_ONLY = "CPU only"
+#: warning colours of the "CPU only" label (readable on light and dark themes)
+CPU_ONLY_STYLE = (
+    "QLabel { color: #5c3b00; background-color: #ffd98a; border: 1px solid #c98a00; "
+    "border-radius: 3px; padding: 0 6px; font-weight: bold; }"
+)
+CPU_ONLY_TIP = (
+    "No GPU is used: torch found no CUDA (or Apple MPS) device, or this installation has a CPU-only torch.\n"
+    "The classical engine works as usual; SD-FSMIS models run, but much more slowly (minutes per volume).\n\n"
+    "For GPU support: install the NVIDIA driver on this computer, and use the GPU (CUDA) build of SD-FSMIS,\n"
+    "or install a CUDA build of torch into its Python environment (README: 'GPU (CUDA)')."
+)
 _probe_lock = threading.Lock()
 _probe_thread: threading.Thread | None = None
 _device_text: str | None = None
@@ -71,6 +82,8 @@ class StatusBar(QtWidgets.QStatusBar):
         self.cancel_button.setText("Cancel")
         self.cancel_button.setToolTip("Stop opening or exporting")
         self.cancel_button.clicked.connect(self.cancel_job)
+        #: True once the device probe found no GPU
+        self.cpu_only = False
         self.device = QtWidgets.QLabel("Device: checking…")
         self.device.setToolTip("The compute device the SD-FSMIS model runs on")
         self.addWidget(self.position, 1)
@@ -100,11 +113,18 @@ class StatusBar(QtWidgets.QStatusBar):
 
     # ---------------------------------------------------------------------------------------- device
     def set_device(self, text: str) -> None:
+        """Show the compute device; "CPU only" stands out (warning colours) and its tooltip says how to get
+        GPU support."""
         cpu = text in (CPU_ONLY, "CPU")
-        self.device.setText(f"Device: {CPU_ONLY if cpu else text}")
-        self.device.setStyleSheet("color: #b36b00; font-weight: bold;" if cpu else "")
+        self.cpu_only = cpu
         if cpu:
-            self.device.setToolTip("No GPU found: the classical engine works; SD-FSMIS models run slowly")
+            self.device.setText(f"Device: {CPU_ONLY}")
+            self.device.setStyleSheet(CPU_ONLY_STYLE)
+            self.device.setToolTip(CPU_ONLY_TIP)
+        else:
+            self.device.setText(f"Device: {text}")
+            self.device.setStyleSheet("")
+            self.device.setToolTip(f"SD-FSMIS models run on {text}")
 
     def _poll_device(self) -> None:
         text = device_text()

@@ -106,6 +106,28 @@ def test_self_test_passes_through_the_command_line(qapp, demo_cache, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0, out
     assert len(out) == 1 and out[0].startswith("self-test passed") and "Dice" in out[0]
+    # both engines ran: the classical one (Dice checked) and the tiny SD-FSMIS model built in memory
+    assert "classical engine" in out[0] and "tiny SD-FSMIS model built in memory" in out[0]
+    assert "CPU, float32" in out[0]
+    from sd_fsmis.core.engines.registry import available_engines
+    from sd_fsmis.core.model.in_memory import SELF_TEST_ENGINE
+
+    assert SELF_TEST_ENGINE not in {c.name for c in available_engines()}  # not offered after the test
+
+
+def test_self_test_fails_when_the_model_cannot_run(qapp, demo_cache, monkeypatch):
+    from sd_fsmis.core.model import in_memory
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no torch in this bundle")
+
+    monkeypatch.setattr(in_memory, "build_tiny_engine", broken)
+    monkeypatch.setattr(application, "SELF_TEST_ENGINES", ("model",))  # the classical part is tested above
+    out = io.StringIO()
+    assert application.run_self_test(out=out) == 1
+    text = out.getvalue()
+    assert text.startswith("self-test FAILED: the segmentation with the SD-FSMIS model failed")
+    assert "no torch in this bundle" in text and "\n" not in text.strip()
 
 
 def test_self_test_reports_a_failure_with_a_message(qapp, demo_cache, monkeypatch):
@@ -129,3 +151,46 @@ def test_no_display_is_one_clear_message(monkeypatch, capsys):
     assert application.run_application() == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no display" in err[0]
+
+
+def test_startup_report_prints_the_time_and_closes_cleanly(tmp_path):
+    """``SD_FSMIS_STARTUP_REPORT=1 sd-fsmis``: one line with the time to the window, then a clean exit.
+
+    In a child process: the application's own event loop runs and quits there (quitting the tests' shared
+    QApplication would stop the worker threads of every later test).
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", **{application.STARTUP_REPORT_ENV: "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "sd_fsmis"], env=env, capture_output=True, encoding="utf-8", timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("window shown after ") and out[0].endswith(" s")
+    seconds = float(out[0].split()[3])
+    assert 0 < seconds < 300
+    assert not folder_state().offer_restore  # a clean exit: no restore offer next time
+
+
+def test_seconds_since_process_start_counts_this_process():
+    import subprocess
+    import sys
+
+    code = (
+        "import time; time.sleep(0.5); from sd_fsmis.ui.application import seconds_since_process_start as s; "
+        "print(s())"
+    )
+    seconds = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8").stdout
+    )
+    assert 0.5 <= seconds < 30  # the sleep, Python's start and the import: measured from the process start
+
+
+def test_application_icon_has_the_sizes(qapp):
+    icon = application.application_icon()
+    assert icon is not None and not icon.isNull()
+    assert {s.width() for s in icon.availableSizes()} >= {16, 32, 256}
+    assert not qapp.windowIcon().isNull()

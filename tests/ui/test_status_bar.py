@@ -1,0 +1,20 @@
+"""The status bar's device label: "CPU only" stands out and says how to get GPU support."""
+
+from __future__ import annotations
+
+from sd_fsmis.ui.open_worker import JobRunner
+from sd_fsmis.ui.status_bar import CPU_ONLY_STYLE, StatusBar
+
+
+def test_cpu_only_is_a_warning_with_a_tooltip_and_a_gpu_is_plain(qtbot):
+    runner = JobRunner()
+    bar = StatusBar(runner, probe=False)
+    qtbot.addWidget(bar)
+    bar.set_device("CPU")
+    assert bar.cpu_only and bar.device.text() == "Device: CPU only"
+    assert bar.device.styleSheet() == CPU_ONLY_STYLE and "background-color" in CPU_ONLY_STYLE
+    tip = bar.device.toolTip()
+    assert "NVIDIA driver" in tip and "CUDA" in tip and "classical engine" in tip
+    bar.set_device("NVIDIA H200 (139.8 GiB)")
+    assert not bar.cpu_only and bar.device.text() == "Device: NVIDIA H200 (139.8 GiB)"
+    assert bar.device.styleSheet() == "" and "NVIDIA H200" in bar.device.toolTip()

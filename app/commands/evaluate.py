@@ -38,14 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fold", default="all", metavar="K|all", help="fold 0..4, several as 0,2, or 'all' (default)"
     )
     p.add_argument(
-        "--protocol", default="ep1", type=str.lower, choices=["ep1", "ep2"], help="ep1 (default) or ep2"
+        "--protocol",
+        default="ep1",
+        type=str.lower,
+        choices=["ep1", "ep2", "study"],
+        help="ep1 (default), ep2, or study (the application's workflow: the supports are 1 or 3 slices of "
+        "each volume itself, the rest of the structure's slice range is scored; no folds)",
+    )
+    p.add_argument(
+        "--ids",
+        metavar="I,J",
+        help="with --protocol study: the volumes to evaluate (default: all)",
     )
     p.add_argument(
         "--labels",
         metavar="L1,L2",
         help="classes to evaluate (default: all; CHAOS: 1 liver, 2 right kidney, 3 left kidney, 4 spleen)",
     )
-    p.add_argument("--shots", type=int, default=1, metavar="N", help="support volumes per fold (default 1)")
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=1,
+        metavar="N",
+        help="support volumes per fold (default 1); study: support slices per volume (1 or 3)",
+    )
     p.add_argument(
         "--pooled", action="store_true", help="also report Dice of TP/FP/FN pooled over each fold's queries"
     )
@@ -74,6 +90,18 @@ def _parse_labels(text: str | None) -> list[int] | None:
     return values
 
 
+def _parse_ids(text: str) -> list[int]:
+    from sd_fsmis.core.evaluation import EvaluationError
+
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise EvaluationError(f"--ids: expected volume ids such as 2,5, got {text!r}") from None
+    if not values:
+        raise EvaluationError("--ids: no volume given")
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -83,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
     from sd_fsmis.core.evaluation import EvaluationError, evaluate, parse_folds
     from sd_fsmis.terminal import progress_bar
 
-    folds = parse_folds(args.fold)
+    study = args.protocol == "study"
+    folds = None if study else parse_folds(args.fold)
     labels = _parse_labels(args.labels)
+    if args.ids and not study:
+        raise EvaluationError("--ids goes with --protocol study (the fold protocols choose their volumes)")
+    ids = _parse_ids(args.ids) if study and args.ids else None
     if args.shots < 1:
         raise EvaluationError("--shots must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
@@ -99,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             engine,
             protocol=args.protocol,
             folds=folds,
+            ids=ids,
             labels=labels,
             shots=args.shots,
             model_name=args.model,

@@ -121,3 +121,23 @@ def test_markdown_table(data_dir, capsys):
     assert "| method | Liver | Mean | s/volume |" in out
     assert "| classical (EP1, 1-shot) |" in out
     assert "HD95" in out and "ASSD" in out
+
+
+def test_study_protocol_takes_the_supports_from_each_volume(data_dir, capsys):
+    code = main(
+        ["evaluate", "--model", "classical", "--data", str(data_dir), "--protocol", "study", "--ids", "4,8"]
+        + ["--labels", "1", "--no-distances", "--json"]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["protocol"] == "study"
+    assert [q["query_id"] for q in printed["queries"]] == [4, 8]
+    for row in printed["queries"]:
+        assert [sid for sid, _ in row["support_slices"]] == [row["query_id"]]  # its own slice
+        assert row["support_slices"][0][1] not in row["slices"]  # the support slice is not scored
+        assert 0 < row["dice"] <= 1
+
+
+def test_ids_need_the_study_protocol(data_dir, capsys):
+    assert main(["evaluate", "--model", "classical", "--data", str(data_dir), "--ids", "4"]) == 2
+    assert "--protocol study" in _error_line(capsys)

@@ -114,6 +114,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_panels()
         self.status = StatusBar(self.runner, self, probe=probe_device)
         self.setStatusBar(self.status)
+        if self.segment_panel is not None:  # "Automatic (CPU only: no GPU found)" in its device chooser
+            self.status.deviceKnown.connect(self.segment_panel.show_machine_device)
+            if self.status.known_device is not None:
+                self.segment_panel.show_machine_device(self.status.known_device)
         self.actions_ = build_actions(self)
         self.toolbar = build_toolbar(self, self.actions_)
         for dock in self.docks.values():

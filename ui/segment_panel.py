@@ -314,6 +314,22 @@ class SegmentPanel(QtWidgets.QWidget):
     def engine_name(self) -> str:
         return str(self.engine_combo.currentData() or CLASSICAL)
 
+    def show_machine_device(self, text: str) -> None:
+        """Say in the device chooser what "Automatic" means on this machine (the status bar's probe)."""
+        cpu = text in ("CPU only", "CPU")
+        index = self.device_combo.findData("auto")
+        if index >= 0:
+            label = "Automatic (CPU only: no GPU found)" if cpu else f"Automatic ({text})"
+            self.device_combo.setItemText(index, label)
+        self.device_combo.setToolTip(
+            "Where the model runs (the classical engine always uses the CPU). "
+            + (
+                "No GPU was found: SD-FSMIS models run on the CPU, much more slowly (see the status bar)."
+                if cpu
+                else f"This machine's GPU: {text}."
+            )
+        )
+
     def _engine_changed(self, *_args: object) -> None:
         is_model = self.engine_name != CLASSICAL
         self.device_combo.setEnabled(is_model and not self.is_running())

@@ -66,11 +66,18 @@ def _eta(seconds: float | None) -> str:
 
 
 class StatusBar(QtWidgets.QStatusBar):
-    """Position/value text, the running job (progress, Cancel) and the device."""
+    """Position/value text, the running job (progress, Cancel) and the device.
+
+    Signal ``deviceKnown(str)``: the device's description ("CPU only" without a GPU) once it is known.
+    """
+
+    deviceKnown = QtCore.Signal(str)
 
     def __init__(self, runner: JobRunner, parent: QtWidgets.QWidget | None = None, probe: bool = True):
         super().__init__(parent)
         self.runner = runner
+        #: the device's description once known (None before the probe answers)
+        self.known_device: str | None = None
         self.position = QtWidgets.QLabel()
         self.position.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.job_label = QtWidgets.QLabel()
@@ -117,6 +124,7 @@ class StatusBar(QtWidgets.QStatusBar):
         GPU support."""
         cpu = text in (CPU_ONLY, "CPU")
         self.cpu_only = cpu
+        self.known_device = CPU_ONLY if cpu else text
         if cpu:
             self.device.setText(f"Device: {CPU_ONLY}")
             self.device.setStyleSheet(CPU_ONLY_STYLE)
@@ -125,6 +133,7 @@ class StatusBar(QtWidgets.QStatusBar):
             self.device.setText(f"Device: {text}")
             self.device.setStyleSheet("")
             self.device.setToolTip(f"SD-FSMIS models run on {text}")
+        self.deviceKnown.emit(self.known_device)
 
     def _poll_device(self) -> None:
         text = device_text()

@@ -124,10 +124,8 @@ def test_markdown_table(data_dir, capsys):
 
 
 def test_study_protocol_takes_the_supports_from_each_volume(data_dir, capsys):
-    code = main(
-        ["evaluate", "--model", "classical", "--data", str(data_dir), "--protocol", "study", "--ids", "4,8"]
-        + ["--labels", "1", "--no-distances", "--json"]
-    )
+    args = ["--model", "classical", "--data", str(data_dir), "--protocol", "study", "--ids", "4,8"]
+    code = main(["evaluate", *args, "--labels", "1", "--no-distances", "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["protocol"] == "study"

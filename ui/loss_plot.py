@@ -188,3 +188,7 @@ class LossPlot(QtWidgets.QWidget):
         self.dice_curve.setData(list(points), list(points.values()))
         right = max(self._total, int(steps[-1]) if len(steps) else 0, max(points, default=0), 1)
         self.loss_plot.getPlotItem().setXRange(0, right, padding=0.02)
+        # steps are whole numbers: no 0.5-step ticks on a short run
+        spacing = [(1.0, 0.0)] if right <= 10 else None
+        for plot in (self.loss_plot, self.dice_plot):
+            plot.getPlotItem().getAxis("bottom").setTickSpacing(levels=spacing)

@@ -492,6 +492,16 @@ def train(
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
         accelerator.wait_for_everyone()
+        try:
+            _write_checkpoint(tmp, final, step)
+        except BaseException:  # a full disk, a cancel from outside: no half-written checkpoint stays
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        accelerator.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(tmp: Path, final: Path, step: int) -> None:
         accelerator.save_state(str(tmp))
         samplers = {str(accelerator.process_index): sampler.state_dict()}
         if accelerator.num_processes > 1:  # every process keeps its own sampler state
@@ -523,8 +533,6 @@ def train(
             os.replace(tmp, final)
             for old in checkpoint_dirs(out)[: -config.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return final
 
     def run_validation(step: int) -> dict[str, Any]:
         nonlocal best_dice, best_step

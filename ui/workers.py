@@ -22,6 +22,7 @@ is logged with its traceback and reported as one line pointing to the log file.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import threading
@@ -97,6 +98,14 @@ def unexpected_error_message(exc: BaseException) -> str:
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{text} ({_log_file_hint()})"
+
+
+def io_error_message(exc: OSError) -> str:
+    """One line for a file that could not be read or written (``[Errno 28] No space left on device``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = " Free some space and try again." if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"Could not read or write a file ({reason}){where}.{hint}"
 
 
 # ---------------------------------------------------------------------------------------------- runner
@@ -200,6 +209,11 @@ class _JobRunner(QObject):
                         "fewer slices.",
                         True,
                     )
+                    return
+                elif isinstance(exc, OSError):  # a full disk, a permission, a vanished drive: not a bug
+                    log.exception("%s: I/O error", self._name)
+                    self._flush_progress()
+                    self.failed.emit(io_error_message(exc), True)
                     return
                 else:
                     log.exception("%s failed", self._name)

@@ -150,6 +150,28 @@ def test_cancel_then_resume_reproduces_the_uninterrupted_run(tiny_model, chaos_d
     assert len(checkpoint_dirs(tmp_path / "cut")) == 2  # keeps the newest checkpoints_total_limit
 
 
+def test_a_full_disk_while_checkpointing_leaves_no_half_written_checkpoint(
+    tiny_model, chaos_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    import sd_fsmis.core.trainer as trainer
+
+    real_write = trainer.atomic_write_text
+
+    def write(path, text, *args, **kwargs):
+        if Path(path).name == trainer.TRAINER_STATE and "checkpoint-4" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "atomic_write_text", write)
+    config = config_for(tiny_model, chaos_dir, tmp_path / "run", steps=4, checkpoint_every=2)
+    with pytest.raises(OSError, match="No space left"):
+        train(config)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["checkpoint-2"]  # the last good one
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+
+
 def test_cancel_token_pause_resume_and_cancel_wake_a_waiting_job():
     token = CancelToken()
     token.wait_while_paused()  # not paused: returns at once

@@ -115,6 +115,21 @@ def test_user_error_gives_its_message(qtbot, start):
     assert blocker.args == ["the support mask is empty: paint the structure first", True]
 
 
+def test_a_full_disk_is_one_clear_line_not_an_internal_error(qtbot, start):
+    import errno
+    import os
+
+    def job(*, progress, cancel):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/liver/checkpoints/checkpoint-500")
+
+    worker = start(job)
+    with qtbot.waitSignal(worker.failed, timeout=5000) as blocker:
+        worker.start()
+    message, is_user_error = blocker.args
+    assert is_user_error and "No space left on device" in message and "checkpoint-500" in message
+    assert "Free some space" in message and "log file" not in message
+
+
 def test_unexpected_error_is_logged_and_points_to_the_log(qtbot, start, caplog):
     def job(*, progress, cancel):
         raise ValueError("shapes (3,) and (4,) not aligned")

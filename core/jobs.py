@@ -39,6 +39,16 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+def human_bytes(n: float) -> str:
+    """``1.2 GB``, ``340 MB``, ``12 KB``, ``5 B`` (powers of 1024)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
 def no_progress(_: Progress) -> None:
     """A progress callback that ignores every report."""
 

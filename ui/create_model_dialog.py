@@ -28,12 +28,11 @@ from PySide6 import QtGui, QtWidgets
 from PySide6.QtCore import Qt, Signal
 
 from sd_fsmis.core.errors import ModelError
-from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
+from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback, human_bytes
 from sd_fsmis.core.model.download import (
     DEFAULT_DINOV2_REPO,
     DEFAULT_SD_REPO,
     DownloadPlan,
-    human_bytes,
     space_margin,
 )
 from sd_fsmis.core.model.store import check_model_name, model_path

@@ -24,8 +24,7 @@ from PySide6 import QtGui, QtWidgets
 from PySide6.QtCore import Qt, Signal
 
 from sd_fsmis.core.errors import ModelError
-from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
-from sd_fsmis.core.model.download import human_bytes
+from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback, human_bytes
 from sd_fsmis.core.model.store import (
     ModelInfo,
     list_models,

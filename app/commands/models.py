@@ -20,6 +20,8 @@ import argparse
 import json
 import sys
 
+from sd_fsmis.core.jobs import human_bytes
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list, create, import and remove SD-FSMIS models")
@@ -121,15 +123,6 @@ def _run_missing_action(args: argparse.Namespace) -> int:
     return 2
 
 
-def _human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def run_list(args: argparse.Namespace) -> int:
     from sd_fsmis.core.model.store import list_models
     from sd_fsmis.paths import models_dir
@@ -146,7 +139,7 @@ def run_list(args: argparse.Namespace) -> int:
         name = m.name if m.valid else f"{m.name} (broken: {m.problem})"
         if m.is_default:
             name += " (default)"
-        size = _human_size(m.size_bytes) + (" +refs" if m.references else "")
+        size = human_bytes(m.size_bytes) + (" +refs" if m.references else "")
         dice = "-" if m.validation_dice is None else f"{m.validation_dice:.3f}"
         rows.append((name, m.base, ",".join(m.classes) or "-", dice, m.created, size, m.path))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -175,7 +168,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("validation Dice", "-" if info.validation_dice is None else f"{info.validation_dice:.3f}"),
         ("built from", ", ".join(f"{k} {v}" for k, v in info.base_models.items()) or "-"),
         ("default", "yes" if info.is_default else "no"),
-        ("size", _human_size(info.size_bytes)),
+        ("size", human_bytes(info.size_bytes)),
     ]
     if config:
         pre, vtct = config.get("preprocessing", {}), config.get("vtct", {})

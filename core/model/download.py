@@ -28,7 +28,7 @@ from typing import Any
 from tqdm.std import tqdm as _std_tqdm
 
 from sd_fsmis.core.errors import JobCancelled, ModelError
-from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
+from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,6 @@ DINOV2_ALLOW_PATTERNS = [
 MIN_SPACE_MARGIN = 256 * 1024**2
 #: at most this many progress reports per second while bytes arrive
 REPORTS_PER_SECOND = 10
-
-
-def human_bytes(n: float) -> str:
-    """``1.2 GB``, ``340 MB``, ``12 KB``, ``5 B`` (powers of 1024)."""
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
 
 
 def space_margin(needed_bytes: int) -> int:

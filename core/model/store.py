@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from sd_fsmis.core.atomic import atomic_write_text
 from sd_fsmis.core.errors import ModelError
-from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter
+from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter, human_bytes
 from sd_fsmis.core.model.config import (
     CONFIG_NAME,
     ComponentLocations,
@@ -713,7 +713,8 @@ def import_model_folder(
     free = shutil.disk_usage(root).free
     if free < total + max(64 * 1024**2, total // 20):
         raise ModelError(
-            f"importing {source.name} needs {_human(total)}, {_human(free)} free on {root}: free some space"
+            f"importing {source.name} needs {human_bytes(total)}, {human_bytes(free)} free on {root}: "
+            "free some space"
         )
     reporter = ProgressReporter(total, progress, cancel)
     reporter.report(f"copying {source.name}")
@@ -772,15 +773,6 @@ def _fix_relative_references(tmp: Path, source: Path, config: ModelConfig) -> No
         data = json.loads(config_path.read_text(encoding="utf-8"))
         data.setdefault("components", {}).update(changed)
         atomic_write_text(config_path, json.dumps(data, indent=2) + "\n")
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
 
 
 def register_trained_model(

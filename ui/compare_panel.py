@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtGui, QtWidgets
+from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Qt, Signal
 
 from sd_fsmis.core.errors import UserError
@@ -29,6 +29,7 @@ from sd_fsmis.core.metrics import LabelComparison, compare_label_maps, confusion
 from sd_fsmis.core.session import Session
 from sd_fsmis.core.study import LabelLayer, Study
 from sd_fsmis.ui.colors import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE
+from sd_fsmis.ui.plots import dice_axis, themed_plot
 from sd_fsmis.ui.runs_table import RunsTable
 from sd_fsmis.ui.workers import JobWorker, error_box, qt_alive
 
@@ -168,23 +169,10 @@ class ComparePanel(QtWidgets.QWidget):
         self._fit_metrics_height()
         self.metrics.itemSelectionChanged.connect(self._label_selection_changed)
 
-        palette = self.palette()
-        background = palette.color(QtGui.QPalette.ColorRole.Base)
-        foreground = palette.color(QtGui.QPalette.ColorRole.Text)
-        self.plot = pg.PlotWidget(background=background)
+        self.plot = themed_plot(self.palette(), "Dice", "slice")
         self.plot.setMinimumHeight(160)
         item = self.plot.getPlotItem()
-        item.setMenuEnabled(False)
-        item.hideButtons()
-        item.showGrid(x=True, y=True, alpha=0.25)
-        for axis_name in ("left", "bottom"):
-            axis = item.getAxis(axis_name)
-            axis.setPen(pg.mkPen(foreground))
-            axis.setTextPen(pg.mkPen(foreground))
-        item.setLabel("left", "Dice")
-        item.setLabel("bottom", "slice")
-        item.setYRange(0.0, 1.05, padding=0)
-        item.getViewBox().setMouseEnabled(x=True, y=False)
+        dice_axis(item)
         self.plot_title = QtWidgets.QLabel("Dice per slice (click a point to show that slice)")
         self.curve = pg.PlotDataItem(pen=pg.mkPen((80, 80, 80), width=1), connect="finite")
         self.scatter = pg.ScatterPlotItem(

@@ -13,6 +13,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from sd_fsmis.ui.plots import dice_axis, themed_plot
+
 #: Weight of the exponential moving average of the smoothed loss line (TensorBoard's default smoothing).
 SMOOTHING = 0.9
 #: Milliseconds between two redraws at most.
@@ -40,21 +42,11 @@ def smoothed(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
 
 
 def _styled_plot(palette: QtGui.QPalette, left: str, bottom: str) -> pg.PlotWidget:
-    background = palette.color(QtGui.QPalette.ColorRole.Base)
-    foreground = palette.color(QtGui.QPalette.ColorRole.Text)
-    plot = pg.PlotWidget(background=background)
+    plot = themed_plot(palette, left, bottom)
     item = plot.getPlotItem()
-    item.setMenuEnabled(False)
-    item.hideButtons()
-    item.showGrid(x=True, y=True, alpha=0.25)
     for axis_name in ("left", "bottom"):
-        axis = item.getAxis(axis_name)
-        axis.setPen(pg.mkPen(foreground))
-        axis.setTextPen(pg.mkPen(foreground))
-        axis.enableAutoSIPrefix(False)
+        item.getAxis(axis_name).enableAutoSIPrefix(False)  # losses of 0.001 stay 0.001, not "x0.001"
     item.getAxis("left").setWidth(56)  # the two plots' axes line up
-    item.setLabel("left", left)
-    item.setLabel("bottom", bottom)
     return plot
 
 
@@ -82,8 +74,7 @@ class LossPlot(QtWidgets.QWidget):
         self.dice_plot.setMinimumHeight(90)
         self.dice_plot.setMaximumHeight(150)
         dice_item = self.dice_plot.getPlotItem()
-        dice_item.setYRange(0.0, 1.05, padding=0)
-        dice_item.getViewBox().setMouseEnabled(x=True, y=False)
+        dice_axis(dice_item)
         dice_item.setXLink(item)
         self.dice_curve = pg.PlotDataItem(
             pen=pg.mkPen(DICE, width=1),

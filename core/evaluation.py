@@ -413,9 +413,7 @@ def evaluate(
             raise EvaluationError("the support volumes share no labelled class")
     else:
         wanted = sorted({int(v) for v in labels})
-    for value in wanted:
-        if value < 1:
-            raise EvaluationError(f"label {value} is not a class (labels are 1 and above)")
+    _check_classes(wanted)
     for split, sid, present in in_supports:
         missing = [v for v in wanted if v not in present]
         if missing:
@@ -423,17 +421,7 @@ def evaluate(
             raise EvaluationError(f"unknown label {names}: not in support volume {sid} of fold {split.fold}")
     out_dir = Path(save_predictions) if save_predictions is not None else None
     start = time.perf_counter()
-    report = EvaluationReport(
-        model=model_name or getattr(engine, "name", "engine"),
-        protocol=protocol,
-        data=str(dataset.root),
-        folds=fold_list,
-        labels={v: dataset.class_name(v) for v in wanted},
-        shots=shots,
-        engine=_engine_config(engine),
-        splits=splits,
-        pooled=pooled,
-    )
+    report = _new_report(dataset, engine, model_name, protocol, splits, wanted, shots, pooled)
     # Plan first (label maps only: cheap), so that progress knows the total number of slices.
     plan: list[tuple[FoldSplit, int, int, list[int]]] = []
     for split in splits:
@@ -465,10 +453,7 @@ def evaluate(
         )
         for old in [i for i in cache if i not in split.ids]:  # keep only the current fold's volumes
             del cache[old]
-    report.seconds_total = time.perf_counter() - start
-    if out_dir is not None:
-        report.save(out_dir / "evaluation.json")
-    return report
+    return _finish(report, start, out_dir)
 
 
 def _evaluate_study(
@@ -500,9 +485,7 @@ def _evaluate_study(
             raise EvaluationError(f"volumes {', '.join(map(str, id_list))} hold no labelled class")
     else:
         wanted = sorted({int(v) for v in labels})
-    for value in wanted:
-        if value < 1:
-            raise EvaluationError(f"label {value} is not a class (labels are 1 and above)")
+    _check_classes(wanted)
     missing = [v for v in wanted if v not in in_any]
     if missing:
         names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in missing)
@@ -510,17 +493,7 @@ def _evaluate_study(
     split = FoldSplit(0, [dataset.ids.index(i) for i in id_list], id_list, list(id_list), list(id_list))
     out_dir = Path(save_predictions) if save_predictions is not None else None
     start = time.perf_counter()
-    report = EvaluationReport(
-        model=model_name or getattr(engine, "name", "engine"),
-        protocol="study",
-        data=str(dataset.root),
-        folds=[0],
-        labels={v: dataset.class_name(v) for v in wanted},
-        shots=shots,
-        engine=_engine_config(engine),
-        splits=[split],
-        pooled=pooled,
-    )
+    report = _new_report(dataset, engine, model_name, "study", [split], wanted, shots, pooled)
     plan = [
         (qid, value, study_layout(label_maps[qid].binary(value), shots)[1])
         for qid in id_list
@@ -555,10 +528,7 @@ def _evaluate_study(
         )
         report.queries.append(result)
         log.info("study volume %d %s: Dice %.4f (%.1f s)", qid, result.name, result.dice, result.seconds)
-    report.seconds_total = time.perf_counter() - start
-    if out_dir is not None:
-        report.save(out_dir / "evaluation.json")
-    return report
+    return _finish(report, start, out_dir)
 
 
 def _evaluate_query(
@@ -680,6 +650,44 @@ def _evaluate_query(
         seconds=seconds,
         prediction=saved,
     )
+
+
+def _check_classes(wanted: Sequence[int]) -> None:
+    for value in wanted:
+        if value < 1:
+            raise EvaluationError(f"label {value} is not a class (labels are 1 and above)")
+
+
+def _new_report(
+    dataset: FewShotDataset,
+    engine: SegmentationEngine,
+    model_name: str | None,
+    protocol: str,
+    splits: list[FoldSplit],
+    wanted: Sequence[int],
+    shots: int,
+    pooled: bool,
+) -> EvaluationReport:
+    """An empty report of ``engine`` on ``dataset``: the queries are appended as they are scored."""
+    return EvaluationReport(
+        model=model_name or getattr(engine, "name", "engine"),
+        protocol=protocol,
+        data=str(dataset.root),
+        folds=[split.fold for split in splits],
+        labels={v: dataset.class_name(v) for v in wanted},
+        shots=shots,
+        engine=_engine_config(engine),
+        splits=splits,
+        pooled=pooled,
+    )
+
+
+def _finish(report: EvaluationReport, start: float, out_dir: Path | None) -> EvaluationReport:
+    """Stamp the report's total time and save it beside the predictions (when they are saved)."""
+    report.seconds_total = time.perf_counter() - start
+    if out_dir is not None:
+        report.save(out_dir / "evaluation.json")
+    return report
 
 
 def _examples(

@@ -330,23 +330,32 @@ def _self_test_steps(window, timeout_s: float) -> str:
     return "self-test passed: demo study, " + "; ".join(parts)
 
 
-def _self_test_classical(window, first: int, last: int, timeout_s: float) -> str:
-    """Segment slices ``first``..``last`` with the classical engine; its Dice must pass the threshold."""
+def _segment_with_panel(window, slices: tuple[int, int], timeout_s: float, what: str):
+    """Press Segment for ``slices`` with the panel's chosen engine (its worker thread, then
+    Session.add_result), wait, and return the finished run and its result layer; ``what`` names the job
+    in failure messages."""
     session, panel = window.session, window.segment_panel
     runs_before = len(session.runs)
-    if not panel.select_engine("classical"):
-        raise SelfTestError("the classical engine is not offered by the Segment panel")
-    panel.set_slice_range(first, last)
-    if not panel.segment():  # the Segment button's path: its worker thread, then Session.add_result
-        raise SelfTestError(f"the Segment button did not start: {panel.last_error}")
-    _wait(lambda: not panel.is_running(), timeout_s, "the segmentation")
+    panel.set_slice_range(*slices)
+    if not panel.segment():
+        raise SelfTestError(f"the Segment button did not start {what}: {panel.last_error}")
+    _wait(lambda: not panel.is_running(), timeout_s, what)
     runs = list(session.runs)
     if len(runs) <= runs_before:
-        raise SelfTestError("no run was recorded")
+        raise SelfTestError(f"no run was recorded for {what}")
     run = runs[-1]
     if run.status != "done":
-        raise SelfTestError(f"the segmentation {run.status}: {run.message}")
+        raise SelfTestError(f"{what} {run.status}: {run.message}")
     _, result = session.find_layer(run.result_layer_id)
+    return run, result
+
+
+def _self_test_classical(window, first: int, last: int, timeout_s: float) -> str:
+    """Segment slices ``first``..``last`` with the classical engine; its Dice must pass the threshold."""
+    panel = window.segment_panel
+    if not panel.select_engine("classical"):
+        raise SelfTestError("the classical engine is not offered by the Segment panel")
+    run, result = _segment_with_panel(window, (first, last), timeout_s, "the segmentation")
     voxels = int((result.array > 0).sum())
     if voxels == 0:
         raise SelfTestError("the segmentation is empty")
@@ -377,21 +386,12 @@ def _self_test_model(window, label: int, slices: tuple[int, int], timeout_s: flo
         if not panel.select_engine(name):
             raise SelfTestError("the in-memory SD-FSMIS model is not offered by the Segment panel")
         panel.set_device("cpu")
-        panel.set_slice_range(*slices)
-        runs_before = len(session.runs)
-        if not panel.segment():
-            raise SelfTestError(f"the Segment button did not start with the model: {panel.last_error}")
-        _wait(lambda: not panel.is_running(), timeout_s, "the segmentation with the model")
+        run, result = _segment_with_panel(
+            window, slices, timeout_s, "the segmentation with the SD-FSMIS model"
+        )
     finally:
         unregister_tiny_engine(name)
         panel.select_engine("classical")
-    runs = list(session.runs)
-    if len(runs) <= runs_before:
-        raise SelfTestError("no run was recorded for the model")
-    run = runs[-1]
-    if run.status != "done":
-        raise SelfTestError(f"the segmentation with the SD-FSMIS model {run.status}: {run.message}")
-    _, result = session.find_layer(run.result_layer_id)
     if result is None or tuple(result.array.shape) != study_shape:
         shape = None if result is None else result.array.shape
         raise SelfTestError(f"the model's result has the shape {shape}, not the study's {study_shape}")

@@ -383,13 +383,16 @@ class ModelInfo:
     validation_dice: float | None = None
     #: what it was built from: {"stable_diffusion": ..., "dinov2": ..., "parent": ..., "preset": ...}
     base_models: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: classes the model was trained on (= ``config.classes``)
-    trained_classes: list[str] = dataclasses.field(default_factory=list)
     #: True for the store model the user chose as the default
     is_default: bool = False
     #: ISO 8601 UTC time of the last change of its config.json (for sorting by date)
     modified: str = ""
     config: dict[str, Any] | None = None
+
+    @property
+    def trained_classes(self) -> list[str]:
+        """The classes the model was trained on (its config's ``classes``)."""
+        return self.classes
 
     def to_dict(self, with_config: bool = False) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -444,7 +447,6 @@ def _model_info(path: Path, *, with_config: bool = False, default: str | None = 
             config.created,
             config.description,
         )
-        info.trained_classes = list(config.classes)
         info.validation_dice = _validation_dice(config)
         info.base_models = _base_models(config)
         info.references = {

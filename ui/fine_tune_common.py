@@ -12,6 +12,7 @@ that load torch there, never in the GUI thread.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -204,7 +205,8 @@ def format_gib(n: float | None) -> str:
 
 
 def html_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """``text`` shown as itself in a rich-text label (``<``, ``>``, ``&`` escaped)."""
+    return html.escape(text, quote=False)
 
 
 def plural(n: int, word: str) -> str:

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr too")
     parser.add_argument("--demo", action="store_true", help="open the generated demo study (GUI)")
     parser.add_argument("--self-test", action="store_true", help="run the application's self-test and exit")
+    parser.add_argument(
+        "--check-imports",
+        action="store_true",
+        help="import every module the application loads lazily, name what is missing, and exit",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"sd_fsmis.commands.{name}").register(subparsers)
@@ -59,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose)
     log.debug("sd-fsmis %s: %s", __version__, list(sys.argv if argv is None else argv))
+    if args.check_imports:
+        from sd_fsmis import import_check
+
+        return import_check.main()
     if args.command is None:
         from sd_fsmis.commands import gui
 

@@ -5,6 +5,8 @@
 #
 # In a throw-away SD_FSMIS_HOME (the user's models and settings are not touched), without the build's
 # Python on any path:
+#   0. --check-imports: every module imported lazily or by name, with the data files read at import; a
+#      failure names the missing module or data file (e.g. kernels/_internals/python_depends.json)
 #   1. --version and `models list` (the CLI starts, the sub-commands are there)
 #   2. --self-test: the main window offscreen, the demo study painted and segmented with the classical
 #      engine (Dice checked) and with a tiny SD-FSMIS model built in memory
@@ -41,6 +43,7 @@ step() {  # step NAME COMMAND...: run it, print its time; show the output and st
     printf '    %-28s %4d.%d s  %s\n' "$name" $((ms / 1000)) $((ms % 1000 / 100)) "$(tail -n 1 "$WORK/out.txt")"
 }
 
+QT_QPA_PLATFORM=offscreen step "--check-imports" "$EXE" --check-imports
 step "--version" "$EXE" --version
 step "models list" "$EXE" models list
 step "--self-test" "$EXE" --self-test

@@ -48,7 +48,11 @@ def compare_threading(data: Path, n_pairs: int = 24) -> None:
 
     from sd_fsmis.core.engines.base import SegmentationRequest
     from sd_fsmis.core.engines.classical import ClassicalEngine
-    from sd_fsmis.core.support import default_support_slice, make_support_examples, normalize_intensities
+    from sd_fsmis.core.engines.support import (
+        default_support_slice,
+        make_support_examples,
+        normalize_intensities,
+    )
 
     def load(case_id: int):
         image = sitk.ReadImage(str(data / "images" / f"image_{case_id}.nii.gz"))

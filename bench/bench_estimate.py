@@ -2,7 +2,7 @@
 
 For each variant of ``bench_training.py`` (fp32, bf16, bf16 + gradient checkpointing, LoRA), a random-weight
 model of the chosen architecture is saved as a model folder, the wizard's estimate is computed for it
-(:func:`sd_fsmis.core.training_estimate.estimate_training`: parameter counts from the safetensors headers,
+(:func:`sd_fsmis.core.training.estimate.estimate_training`: parameter counts from the safetensors headers,
 the device's measured matmul throughput), and the same training step is measured in a fresh process
 (:func:`bench_training.one_variant`): seconds per step, and peak memory (CUDA: the allocator's peak; CPU:
 the child process's peak resident set, which also holds Python, torch and the frozen networks).
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the real size on the CPU takes minutes per step: add --real-cpu to run it anyway")
     steps = args.steps or (5 if device == "cuda" else (10 if arch == "tiny" else 1))
 
+    from sd_fsmis.core.model.folder import save_pipeline
     from sd_fsmis.core.model.presets import build_random_pipeline
-    from sd_fsmis.core.model.store import save_pipeline
-    from sd_fsmis.core.training_estimate import estimate_training
+    from sd_fsmis.core.training.estimate import estimate_training
 
     machine = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
     print(f"# the wizard's estimate vs a measured step: {arch}, {machine}, torch {torch.__version__}")

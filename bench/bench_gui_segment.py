@@ -20,10 +20,10 @@ os.environ.setdefault("SD_FSMIS_HOME", tempfile.mkdtemp(prefix="sd-fsmis-bench-"
 import numpy as np
 from PySide6 import QtCore, QtWidgets
 
-from sd_fsmis.core.demo import LIVER, make_demo_phantom
-from sd_fsmis.core.session import Session
-from sd_fsmis.core.study import Study
-from sd_fsmis.ui.segment_panel import SegmentPanel
+from sd_fsmis.core.io.demo import LIVER, make_demo_phantom
+from sd_fsmis.core.session.state import Session
+from sd_fsmis.core.session.study import Study
+from sd_fsmis.ui.panels.segment import SegmentPanel
 
 TARGET_MS = 100.0
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="write the series into this folder and keep it")
     args = parser.parse_args(argv)
 
-    from sd_fsmis.core.study_io import load_volume
+    from sd_fsmis.core.io.loader import load_volume
 
     with tempfile.TemporaryDirectory(prefix="sd-fsmis-bench-") as tmp:
         folder = args.keep or Path(tmp) / "series"

@@ -36,7 +36,7 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from sd_fsmis.core.model.presets import build_random_pipeline
-    from sd_fsmis.core.trainer import EpisodeLoss, add_lora, sqi_checkpointing
+    from sd_fsmis.core.training.networks import EpisodeLoss, add_lora, sqi_checkpointing
 
     pipeline = build_random_pipeline(arch, seed=0).to(device, torch.float32, channels_last=False)
     bf16 = variant != "fp32"

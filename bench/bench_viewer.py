@@ -17,8 +17,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np
 from PySide6 import QtWidgets
 
-from sd_fsmis.ui.slice_view import SliceView
-from sd_fsmis.ui.viewer import OrthoViewer
+from sd_fsmis.ui.viewer.ortho_viewer import OrthoViewer
+from sd_fsmis.ui.viewer.slice_view import SliceView
 
 SHAPE = (300, 512, 512)
 TARGET_MS = 16.0

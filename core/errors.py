@@ -41,7 +41,7 @@ class JobCancelled(Exception):
 class MultipleSeriesError(UserError):
     """A path holds several image series and none was chosen; ``series`` lists them for a chooser.
 
-    ``series`` holds :class:`sd_fsmis.core.study_io.SeriesInfo` objects (uid, description, size, ...).
+    ``series`` holds :class:`sd_fsmis.core.io.listing.SeriesInfo` objects (uid, description, size, ...).
     """
 
     def __init__(self, message: str, series: list | None = None) -> None:

@@ -336,3 +336,45 @@ def test_install_without_menu_adds_only_the_application(unpacked, tmp_path):
     assert (home / ".local" / "opt" / "sd-fsmis" / "sd-fsmis").is_file()
     assert _run([str(home / ".local" / "opt" / "sd-fsmis" / "uninstall.sh")], env).returncode == 0
     assert _tree(home) == before
+
+
+# ---------------------------------------------------------------------------------------------- layout
+PACKAGE_ROOTS = {"app": "sd_fsmis", "core": "sd_fsmis.core", "ui": "sd_fsmis.ui"}
+
+
+def test_every_sub_package_is_installed():
+    """pyproject lists every folder with an __init__.py (a forgotten one is missing from the wheel)."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    for folder, package in PACKAGE_ROOTS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            name = ".".join([package, *parts])
+            assert name in listed, f"{name} ({init.parent}) is not in pyproject's packages"
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [
+        ("core", ("PySide6", "pyqtgraph", "sd_fsmis.ui")),
+        ("ui", ("torch", "diffusers", "transformers", "SimpleITK")),
+    ],
+)
+def test_layers_import_only_downwards(layer, forbidden):
+    """core never imports Qt (nor ui); ui never imports torch, diffusers, transformers or SimpleITK."""
+    import ast
+
+    for path in (ROOT / layer).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not any(name == f or name.startswith(f + ".") for f in forbidden), (
+                    f"{path.relative_to(ROOT)} imports {name}"
+                )

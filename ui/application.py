@@ -155,8 +155,8 @@ def offer_restore(folder: str | os.PathLike[str] | None = None, ask: Callable[[o
     """
     from PySide6 import QtCore, QtWidgets
 
-    from sd_fsmis.core.autosave import folder_state, restore
-    from sd_fsmis.ui.workers import JobWorker
+    from sd_fsmis.core.session.autosave import folder_state, restore
+    from sd_fsmis.ui.workers.job_worker import JobWorker
 
     state = folder_state(folder)
     if not state.offer_restore or not ask(state):
@@ -198,8 +198,8 @@ def run_application(paths: list[str] | None = None, demo: bool = False, self_tes
         return 2
     app = make_application()
     route_qt_messages()
-    from sd_fsmis.core.session import Session
-    from sd_fsmis.ui.main_window import MainWindow
+    from sd_fsmis.core.session.state import Session
+    from sd_fsmis.ui.window.main_window import MainWindow
 
     session = offer_restore() or Session()
     window = MainWindow(session)
@@ -247,9 +247,9 @@ def run_self_test(timeout_s: float = 600.0, out=None) -> int:
     out = out or sys.stdout
     app = make_application(offscreen=True)
     previous_handler = route_qt_messages()
-    from sd_fsmis.core.session import Session
-    from sd_fsmis.ui.main_window import MainWindow
+    from sd_fsmis.core.session.state import Session
     from sd_fsmis.ui.settings import AppSettings
+    from sd_fsmis.ui.window.main_window import MainWindow
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sd-fsmis-self-test-") as folder:

@@ -8,7 +8,7 @@ false negative = blue ``#0072B2``. Green/red alone would be confused by about 1 
 
 from __future__ import annotations
 
-from sd_fsmis.core.labelmap import default_colour
+from sd_fsmis.core.io.labelmap import default_colour
 
 RGB = tuple[int, int, int]
 RGBA = tuple[int, int, int, int]

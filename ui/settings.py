@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from sd_fsmis.core.atomic import atomic_write_text
+from sd_fsmis.core.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """``sd-fsmis dice PRED REF [--labels 1,2] [--json]``: Dice (volume and per slice), HD95 and ASSD per label.
 
 Both masks must lie on the same voxel grid. Metric conventions (empty masks, HD95 definition) are those of
-:mod:`sd_fsmis.core.metrics`; in the table "n/a" means not applicable (the label is in neither mask, or on
-neither mask's slice) and "inf" a distance to an empty mask. ``--json`` prints every number, the per-slice
-Dice lists included, with ``null`` for both.
+:mod:`sd_fsmis.core.evaluation.metrics`; in the table "n/a" means not applicable (the label is in neither
+mask, or on neither mask's slice) and "inf" a distance to an empty mask. ``--json`` prints every number, the
+per-slice Dice lists included, with ``null`` for both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import math
 import textwrap
 
-MAX_LABEL = 65535  # = sd_fsmis.core.labelmap.MAX_LABEL (not imported here: keeps start-up light)
+MAX_LABEL = 65535  # = sd_fsmis.core.io.labelmap.MAX_LABEL (not imported here: keeps start-up light)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from sd_fsmis.core.labelmap import LabelMap
-    from sd_fsmis.core.metrics import compare_label_maps, mean_dice
+    from sd_fsmis.core.evaluation.metrics import compare_label_maps, mean_dice
+    from sd_fsmis.core.io.labelmap import LabelMap
     from sd_fsmis.terminal import progress_bar
 
     ref = LabelMap.load(args.ref)

@@ -4,7 +4,7 @@ Prints the papers' table (Dice % per class and their mean, seconds per volume), 
 Dice, and HD95 / ASSD in mm; ``--json`` prints the whole report as JSON instead; ``--out`` writes it to a
 file; ``--save-predictions DIR`` writes every prediction as ``DIR/fold<k>/pred_<id>_label<L>.nii.gz``
 (query geometry) so that anyone can recompute the numbers. The protocol's details (folds, support slices,
-EP1 chunks, Dice averaging) are in :mod:`sd_fsmis.core.evaluation`.
+EP1 chunks, Dice averaging) are in :mod:`sd_fsmis.core.evaluation.protocols`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate a model (or 'classical') with the few-shot protocol: 5 folds, EP1/EP2, Dice per class",
+        help="evaluate an engine: the literature's few-shot protocols (EP1/EP2) or the clinical workflow",
         description="Evaluate a segmentation engine with the few-shot medical segmentation protocol of the "
         "literature on a folder laid out like CHAOS T2 (images/image_ID.nii.gz, labels/label_ID.nii.gz): "
         "5 folds, support volume at position 2 of each fold, support slices at 1/6, 1/2, 5/6 of the "
         "labelled slices. EP1: each of the query's three labelled chunks with its support slice (the "
-        "published tables); EP2: every query slice with the middle support slice (clinical).",
+        "published tables); EP2: every query slice with the middle support slice. Without folds, "
+        "supports painted on each volume itself: 'study' scores the structure's own slice range only; "
+        "'clinical' segments and scores every slice of the volume, as a person gets it.",
     )
     p.add_argument(
         "--model",
@@ -37,18 +39,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fold", default="all", metavar="K|all", help="fold 0..4, several as 0,2, or 'all' (default)"
     )
+    from sd_fsmis.core.evaluation.protocols import PROTOCOLS
+
     p.add_argument(
         "--protocol",
         default="ep1",
         type=str.lower,
-        choices=["ep1", "ep2", "study"],
-        help="ep1 (default), ep2, or study (the application's workflow: the supports are 1 or 3 slices of "
-        "each volume itself, the rest of the structure's slice range is scored; no folds)",
+        choices=list(PROTOCOLS),
+        help="; ".join(f"{name}: {spec.summary}" for name, spec in PROTOCOLS.items()) + " (default ep1)",
     )
     p.add_argument(
         "--ids",
         metavar="I,J",
-        help="with --protocol study: the volumes to evaluate (default: all)",
+        help="with a protocol whose supports come from each volume (study, clinical): the volumes to "
+        "evaluate (default: all)",
     )
     p.add_argument(
         "--labels",
@@ -60,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="support volumes per fold (default 1); study: support slices per volume (1 or 3)",
+        help="support volumes per fold (default 1); study, clinical: painted slices per volume (1 or 3)",
     )
     p.add_argument(
         "--pooled", action="store_true", help="also report Dice of TP/FP/FN pooled over each fold's queries"
@@ -77,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_labels(text: str | None) -> list[int] | None:
-    from sd_fsmis.core.evaluation import EvaluationError
+    from sd_fsmis.core.evaluation.folds import EvaluationError
 
     if not text:
         return None
@@ -91,7 +95,7 @@ def _parse_labels(text: str | None) -> list[int] | None:
 
 
 def _parse_ids(text: str) -> list[int]:
-    from sd_fsmis.core.evaluation import EvaluationError
+    from sd_fsmis.core.evaluation.folds import EvaluationError
 
     try:
         values = [int(v) for v in text.replace(" ", "").split(",") if v]
@@ -106,17 +110,20 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from sd_fsmis.core.datasets import FewShotDataset
     from sd_fsmis.core.engines.registry import load_engine
-    from sd_fsmis.core.evaluation import EvaluationError, evaluate, parse_folds
+    from sd_fsmis.core.evaluation.folds import EvaluationError, parse_folds
+    from sd_fsmis.core.evaluation.protocols import PROTOCOLS, evaluate
+    from sd_fsmis.core.io.datasets import FewShotDataset
     from sd_fsmis.terminal import progress_bar
 
-    study = args.protocol == "study"
-    folds = None if study else parse_folds(args.fold)
+    own_volume = PROTOCOLS[args.protocol].supports_from_query
+    folds = None if own_volume else parse_folds(args.fold)
     labels = _parse_labels(args.labels)
-    if args.ids and not study:
-        raise EvaluationError("--ids goes with --protocol study (the fold protocols choose their volumes)")
-    ids = _parse_ids(args.ids) if study and args.ids else None
+    if args.ids and not own_volume:
+        raise EvaluationError(
+            f"--ids goes with --protocol study or clinical ({args.protocol} chooses its volumes by fold)"
+        )
+    ids = _parse_ids(args.ids) if own_volume and args.ids else None
     if args.shots < 1:
         raise EvaluationError("--shots must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:

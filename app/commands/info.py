@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from sd_fsmis.core.study_io import list_series
+    from sd_fsmis.core.io.listing import list_series
     from sd_fsmis.terminal import progress_bar
 
     with progress_bar("reading headers", unit="file") as progress:

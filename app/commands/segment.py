@@ -87,11 +87,11 @@ def _same_study(a: str, sa: str | None, b: str, sb: str | None) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.engines.segmentation import SupportSource, segment_volume, support_mask_for_label
     from sd_fsmis.core.errors import MaskError, UserError
-    from sd_fsmis.core.imagefile import is_nifti
-    from sd_fsmis.core.labelmap import LabelMap
-    from sd_fsmis.core.segmentation import SupportSource, segment_volume, support_mask_for_label
-    from sd_fsmis.core.study_io import load_volume
+    from sd_fsmis.core.io.imagefile import is_nifti
+    from sd_fsmis.core.io.labelmap import LabelMap
+    from sd_fsmis.core.io.loader import load_volume
     from sd_fsmis.terminal import progress_bar
 
     if not is_nifti(args.out):

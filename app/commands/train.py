@@ -4,7 +4,7 @@
 protocol: the supports are slices of each held-out volume itself); ``--classes`` restricts training to
 some label values; ``--validate-before`` also measures the validation Dice at step 0.
 
-Settings come from ``--config FILE.json`` (a :class:`~sd_fsmis.core.training_config.TrainingConfig` as JSON)
+Settings come from ``--config FILE.json`` (a :class:`~sd_fsmis.core.training.config.TrainingConfig` as JSON)
 and/or flags; a flag overrides the file. Defaults are the reference's hyper-parameters (15,000 steps,
 batch 1 x accumulation 4, AdamW 1e-5 / 5e-5, seed 42). Runs unchanged under ``accelerate launch`` (several
 GPUs). The first Ctrl+C stops after the current step with a checkpoint (continue with ``--resume``).
@@ -102,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     """The TrainingConfig of the file (if any) with the given flags applied."""
-    from sd_fsmis.core.training_config import TrainingConfig, TrainingConfigError
+    from sd_fsmis.core.training.config import TrainingConfig, TrainingConfigError
 
     data = TrainingConfig.load(args.config).to_dict() if args.config else {}
     for dest, key in _OVERRIDES.items():
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from sd_fsmis.core.jobs import CancelToken, Progress
-    from sd_fsmis.core.trainer import train
+    from sd_fsmis.core.training.trainer import train
     from sd_fsmis.terminal import progress_bar
 
     config = build_config(args)

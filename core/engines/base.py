@@ -1,6 +1,6 @@
 """The interface every segmentation engine implements (SD-FSMIS, classical registration, ...).
 
-The volume-level job (:mod:`sd_fsmis.core.segmentation`) prepares a :class:`SegmentationRequest` from
+The volume-level job (:mod:`sd_fsmis.core.engines.segmentation`) prepares a :class:`SegmentationRequest` from
 studies and masks; an engine turns it into a :class:`SegmentationResult`. The GUI, ``sd-fsmis segment`` and
 ``sd-fsmis evaluate`` all go through this one interface, so any engine can be used and compared anywhere.
 """

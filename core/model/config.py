@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sd_fsmis.core.atomic import atomic_write_text
 from sd_fsmis.core.errors import ModelError
+from sd_fsmis.core.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

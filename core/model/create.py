@@ -37,12 +37,8 @@ from sd_fsmis.core.model.download import (
     download_repo,
     download_repos,
 )
-from sd_fsmis.core.model.store import (
-    check_component_folder,
-    model_path,
-    safetensors_files,
-    write_model_folder,
-)
+from sd_fsmis.core.model.folder import check_component_folder, safetensors_files, write_model_folder
+from sd_fsmis.core.model.store import model_path
 from sd_fsmis.core.model.vtct import DinoPreprocessing
 
 log = logging.getLogger(__name__)
@@ -274,8 +270,8 @@ def create_preset_model(
     description: str = "",
 ) -> Path:
     """Write a model of a built-in architecture with seeded random weights (``tiny``: seconds on a CPU)."""
+    from sd_fsmis.core.model.folder import save_pipeline
     from sd_fsmis.core.model.presets import PRESETS, build_random_pipeline
-    from sd_fsmis.core.model.store import save_pipeline
 
     if preset not in PRESETS:
         raise ModelError(f"unknown preset '{preset}' (choose one of: {', '.join(PRESETS)})")

@@ -119,7 +119,8 @@ class SDFSMISEngine:
 
         ``dtype``: a torch dtype, "fp32"/"bf16"/"fp16", or None for the device's default (bf16 on CUDA).
         """
-        from sd_fsmis.core.model.store import load_pipeline, resolve_model
+        from sd_fsmis.core.model.folder import load_pipeline
+        from sd_fsmis.core.model.store import resolve_model
 
         torch_device = select_device(device)
         if dtype is None or isinstance(dtype, str):

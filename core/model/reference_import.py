@@ -40,7 +40,7 @@ from sd_fsmis.core.model.create import (
     check_sources,
     resolve_source,
 )
-from sd_fsmis.core.model.store import PICKLE_SUFFIXES, write_model_folder
+from sd_fsmis.core.model.folder import PICKLE_SUFFIXES, write_model_folder
 from sd_fsmis.core.model.vtct import DinoPreprocessing
 
 log = logging.getLogger(__name__)

@@ -96,7 +96,7 @@ class DinoPreprocessing:
         return cls.from_processor_config(json.loads(path.read_text(encoding="utf-8")))
 
     def save(self, folder: str | Path) -> None:
-        from sd_fsmis.core.atomic import atomic_write_text
+        from sd_fsmis.core.io.atomic import atomic_write_text
 
         atomic_write_text(
             Path(folder) / PROCESSOR_CONFIG_NAME, json.dumps(self.to_processor_config(), indent=2)

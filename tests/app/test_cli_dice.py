@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sd_fsmis.cli import main
+from sd_fsmis.core.evaluation.metrics import compare_label_maps
 from sd_fsmis.core.geometry import Geometry
-from sd_fsmis.core.labelmap import CHAOS_MR_ORGANS, LabelMap
-from sd_fsmis.core.metrics import compare_label_maps
+from sd_fsmis.core.io.labelmap import CHAOS_MR_ORGANS, LabelMap
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from sd_fsmis.cli import main
-from sd_fsmis.core.labelmap import LabelMap
+from sd_fsmis.core.io.labelmap import LabelMap
 
 
 def _write_case(root: Path, case_id: int, rng: np.random.Generator, depth: int = 8, size: int = 40) -> None:

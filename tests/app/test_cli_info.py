@@ -132,7 +132,7 @@ def test_missing_path_argument_is_a_usage_error(capsys):
 def test_decoder_chatter_stays_off_stdout(pydicom_file, tmp_path):
     """GDCM's JPEG codec prints to the C stdout while it picks a 12-bit decoder: stdout must stay clean."""
     code = (
-        "import sys; from sd_fsmis.core.study_io import load_volume; "
+        "import sys; from sd_fsmis.core.io.loader import load_volume; "
         "v = load_volume(sys.argv[1]); print('shape', v.shape)"
     )
     result = subprocess.run(

@@ -10,7 +10,7 @@ import pytest
 from sd_fsmis.commands import train as train_command
 from sd_fsmis.core.model.config import ModelConfig
 from sd_fsmis.core.model.create import create_preset_model
-from sd_fsmis.core.training_config import TrainingConfigError
+from sd_fsmis.core.training.config import TrainingConfigError
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -21,7 +21,7 @@ def liver_phantom() -> tuple[np.ndarray, np.ndarray, Geometry]:
 
     Built once per run; the arrays are read-only so that no test can change what the next one sees.
     """
-    from sd_fsmis.core.demo import make_demo_phantom
+    from sd_fsmis.core.io.demo import make_demo_phantom
 
     z0, z1 = LIVER_SLICES
     volume, labels = make_demo_phantom()
@@ -43,7 +43,7 @@ def liver_phantom() -> tuple[np.ndarray, np.ndarray, Geometry]:
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory) -> Path:
     """The demo study generated once for the run, copied into each test's own cache by ``demo_cache``."""
-    from sd_fsmis.core.demo import demo_folder, demo_study_paths
+    from sd_fsmis.core.io.demo import demo_folder, demo_study_paths
 
     home = tmp_path_factory.mktemp("demo-home")
     old = os.environ.get("SD_FSMIS_HOME")
@@ -61,7 +61,7 @@ def demo_files(tmp_path_factory) -> Path:
 @pytest.fixture
 def demo_cache(demo_files) -> Path:
     """The demo image path in this test's (isolated) cache folder."""
-    from sd_fsmis.core.demo import demo_folder, demo_image_path
+    from sd_fsmis.core.io.demo import demo_folder, demo_image_path
 
     shutil.copytree(demo_files, demo_folder(), dirs_exist_ok=True)
     return demo_image_path()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6 import QtWidgets
 
-from sd_fsmis.core.autosave import AutosaveScheduler, folder_state
-from sd_fsmis.core.session import Session
+from sd_fsmis.core.session.autosave import AutosaveScheduler, folder_state
+from sd_fsmis.core.session.state import Session
 from sd_fsmis.ui import application
 from sd_fsmis.ui.settings import MAX_RECENT, AppSettings, settings_path
 

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 from sd_fsmis.core.errors import ModelError
 from sd_fsmis.core.model.config import ModelConfig
 from sd_fsmis.core.model.create import create_base_model, looks_like_hub_id, resolve_source
+from sd_fsmis.core.model.folder import load_pipeline
 from sd_fsmis.core.model.reference_import import import_reference_checkpoint
-from sd_fsmis.core.model.store import load_pipeline, model_info
+from sd_fsmis.core.model.store import model_info
 
 
 def test_base_model_input_convolutions_are_exactly_the_spec(hub_like_sources, tmp_path, phantom):

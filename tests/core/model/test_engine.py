@@ -120,7 +120,7 @@ def test_largest_component_is_eight_connected():
 
 
 def test_from_pretrained_by_name_and_close(tiny_pipeline, phantom, make_request):
-    from sd_fsmis.core.model.store import save_pipeline
+    from sd_fsmis.core.model.folder import save_pipeline
     from sd_fsmis.paths import models_dir
 
     save_pipeline(tiny_pipeline, models_dir() / "tiny-engine", name="tiny-engine")

@@ -11,15 +11,8 @@ import torch
 
 from sd_fsmis.core.errors import ModelError
 from sd_fsmis.core.model.config import FORMAT_VERSION, ModelConfig, PostprocessingConfig, VTCTConfig
-from sd_fsmis.core.model.store import (
-    list_models,
-    load_pipeline,
-    model_info,
-    remove_model,
-    resolve_model,
-    save_pipeline,
-    validate_model_folder,
-)
+from sd_fsmis.core.model.folder import load_pipeline, save_pipeline, validate_model_folder
+from sd_fsmis.core.model.store import list_models, model_info, remove_model, resolve_model
 from sd_fsmis.paths import models_dir
 
 

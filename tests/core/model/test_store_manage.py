@@ -161,7 +161,8 @@ def test_import_leaves_nothing_on_cancel_full_disk_or_write_error(tmp_path, monk
 
 
 def _as_trained(folder, parent, validation: dict[str, float], best: float | None = None) -> None:
-    """Give a model folder the provenance the trainer writes (see core/trainer.py provenance_config)."""
+    """Give a model folder the provenance the trainer writes (see core/training/trainer.py
+    provenance_config)."""
     data = json.loads((folder / "config.json").read_text())
     data["classes"] = ["liver", "spleen"]
     data["training"].update(

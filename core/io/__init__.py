@@ -1,0 +1,1 @@
+"""Reading and writing studies and masks: DICOM, DICOMDIR, NIfTI, label-map files, DICOM-SEG, data sets."""

@@ -1,0 +1,1 @@
+"""DICOM: series discovery and checks, headers, pixel decoding, DICOMDIR, DICOM-SEG export."""

@@ -1,0 +1,1 @@
+"""Training SD-FSMIS: episodes, augmentation, the trainer and its configuration, estimates, fine-tuning."""

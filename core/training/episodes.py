@@ -1,0 +1,259 @@
+"""Episodic training data: (support, query) slice episodes drawn from labelled volumes.
+
+An episode (method section, "Training"): a training volume, a class present in it, K+1 consecutive slices
+that each hold at least ``min_pixels`` foreground pixels of that class; the last is the query, the others
+the support; the order is reversed at random. Which classes may be targets follows the setting of
+docs/fsmis-protocol.md:
+
+- Setting 1: the test classes are never targets (they may still appear in the images);
+- Setting 2: every slice that holds ANY test class (rule ``any``; ``all``: only slices holding all of them,
+  ADNet's easier rule) is removed before windows are formed, so the test organs are never seen.
+
+The self-supervised variant (``source="supervoxels"``) draws the "class" from the supervoxel pseudo-labels
+(``supervoxels/`` of a CHAOS-like folder) instead of the annotation.
+
+Sampling is deterministic for a seed: one ``numpy.random.Generator`` drives the choices (and the
+augmentation, when given); :meth:`EpisodeSampler.state_dict` / :meth:`load_state_dict` save and restore it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sd_fsmis.core.engines.support import normalize_intensities
+from sd_fsmis.core.errors import UserError
+from sd_fsmis.core.io.datasets import FewShotDataset
+from sd_fsmis.core.training.augmentation import AugmentationConfig, augment_pair
+
+SETTINGS = (1, 2)
+EXCLUSION_RULES = ("any", "all")
+SOURCES = ("labels", "supervoxels")
+#: the reference's minimum number of foreground pixels per episode slice
+MIN_PIXELS = 200
+
+
+class EpisodeError(UserError):
+    """Training data from which no episode can be drawn as asked."""
+
+
+@dataclass
+class TrainingVolume:
+    """One volume for episodic training: intensities normalised to [0, 1] and an integer label map."""
+
+    id: int
+    image: np.ndarray  # [Z, H, W] float32 in [0, 1]
+    labels: np.ndarray  # [Z, H, W] integer classes (or supervoxel ids), 0 = background
+    #: the annotation, when ``labels`` holds pseudo-labels (used for Setting 2's slice removal)
+    annotation: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.shape != self.labels.shape:
+            raise EpisodeError(
+                f"volume {self.id}: image {self.image.shape} and labels {self.labels.shape} differ"
+            )
+
+
+@dataclass
+class Episode:
+    """K support slices and one query slice of one class (native resolution)."""
+
+    support_images: np.ndarray  # [K, H, W] float32 in [0, 1]
+    support_masks: np.ndarray  # [K, H, W] float32 0/1
+    query_images: np.ndarray  # [1, H, W]
+    query_masks: np.ndarray  # [1, H, W]
+    volume_id: int
+    label: int
+    slices: list[int] = field(default_factory=list)  # support slices, then the query slice
+    augmented: str = ""  # "support", "query" or ""
+
+
+def load_training_volumes(
+    dataset: FewShotDataset, ids: Sequence[int], *, source: str = "labels"
+) -> list[TrainingVolume]:
+    """Read the volumes ``ids`` of ``dataset`` (normalised as for inference) with their label maps."""
+    from sd_fsmis.core.io.labelmap import LabelMap
+    from sd_fsmis.core.io.loader import load_volume
+
+    if source not in SOURCES:
+        raise EpisodeError(f"unknown episode source '{source}' (choose labels or supervoxels)")
+    out = []
+    for case_id in ids:
+        case = dataset.case(case_id)
+        volume = load_volume(case.image, case.series_uid)
+        # a label map on another grid is refused with a message naming every difference
+        annotation = np.asarray(
+            LabelMap.load(case.label, like=volume.geometry, labels=dataset.class_names).array
+        )
+        image = normalize_intensities(volume.array)
+        if source == "supervoxels":
+            if case.supervoxels is None:
+                raise EpisodeError(f"volume {case_id} has no supervoxels/supervoxel_{case_id}.nii.gz")
+            pseudo = np.asarray(load_volume(case.supervoxels).array).round().astype(np.int64)
+            if pseudo.shape != image.shape:
+                raise EpisodeError(f"volume {case_id}: supervoxels {pseudo.shape} vs image {image.shape}")
+            out.append(TrainingVolume(case_id, image, pseudo, annotation))
+        else:
+            out.append(TrainingVolume(case_id, image, annotation.astype(np.int64)))
+    return out
+
+
+def excluded_slices(annotation: np.ndarray, test_classes: Sequence[int], rule: str = "any") -> np.ndarray:
+    """bool ``[Z]``: the slices Setting 2 removes (holding any / all of ``test_classes``)."""
+    if rule not in EXCLUSION_RULES:
+        raise EpisodeError(f"unknown exclusion rule '{rule}' (choose any or all)")
+    if not test_classes:
+        return np.zeros(annotation.shape[0], dtype=bool)
+    flat = annotation.reshape(annotation.shape[0], -1)
+    holds = np.stack([(flat == c).any(axis=1) for c in test_classes], axis=1)  # [Z, C]
+    return holds.any(axis=1) if rule == "any" else holds.all(axis=1)
+
+
+def _slice_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes present and their pixel counts per slice: ``classes [C]``, ``counts [Z, C]``."""
+    classes = np.unique(labels)
+    classes = classes[classes > 0]
+    index = np.searchsorted(classes, labels)  # position of each value among the classes
+    counts = np.zeros((labels.shape[0], len(classes)), dtype=np.int64)
+    fg = labels > 0
+    for z in range(labels.shape[0]):
+        counts[z] = np.bincount(index[z][fg[z]], minlength=len(classes))
+    return classes, counts
+
+
+class EpisodeSampler:
+    """Draw episodes from training volumes, deterministically for a seed.
+
+    ``volume -> class -> window``: a volume uniformly among those with at least one valid window, a class
+    uniformly among its valid classes, a window of ``shots + 1`` consecutive slices uniformly among the
+    class's valid windows.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[TrainingVolume],
+        *,
+        shots: int = 1,
+        min_pixels: int = MIN_PIXELS,
+        setting: int = 1,
+        test_classes: Sequence[int] = (),
+        exclusion: str = "any",
+        classes: Sequence[int] | None = None,
+        augmentation: AugmentationConfig | None = None,
+        seed: int = 42,
+    ) -> None:
+        if setting not in SETTINGS:
+            raise EpisodeError(f"unknown setting {setting} (choose 1 or 2)")
+        if exclusion not in EXCLUSION_RULES:
+            raise EpisodeError(f"unknown exclusion rule '{exclusion}' (choose any or all)")
+        if shots < 1:
+            raise EpisodeError("shots must be at least 1")
+        self.volumes = list(volumes)
+        self.shots = int(shots)
+        self.min_pixels = int(min_pixels)
+        self.setting = int(setting)
+        self.test_classes = sorted(int(c) for c in test_classes)
+        self.exclusion = exclusion
+        self.augmentation = augmentation
+        self.rng = np.random.default_rng(seed)
+        #: per volume: {class: [window start slices]}
+        self.windows: list[dict[int, list[int]]] = []
+        allowed = None if classes is None else {int(c) for c in classes}
+        for vol in self.volumes:
+            annotation = vol.annotation if vol.annotation is not None else vol.labels
+            removed = (
+                excluded_slices(annotation, self.test_classes, exclusion)
+                if self.setting == 2
+                else np.zeros(vol.labels.shape[0], dtype=bool)
+            )
+            pseudo = vol.annotation is not None
+            present, counts = _slice_counts(vol.labels)
+            per_class: dict[int, list[int]] = {}
+            for j, c in enumerate(present):
+                c = int(c)
+                if not pseudo and (c in self.test_classes or (allowed is not None and c not in allowed)):
+                    continue
+                ok = (counts[:, j] >= self.min_pixels) & ~removed  # [Z]
+                starts = _window_starts(ok, self.shots + 1)
+                if starts:
+                    per_class[c] = starts
+            self.windows.append(per_class)
+        self._usable = [i for i, w in enumerate(self.windows) if w]
+        if not self._usable:
+            raise EpisodeError(
+                "no training episode can be drawn: no volume has "
+                f"{self.shots + 1} consecutive slices with >= {self.min_pixels} pixels of a training class"
+            )
+
+    @property
+    def classes(self) -> list[int]:
+        """The classes episodes are drawn from (annotation mode) or the number of pseudo-classes."""
+        return sorted({c for w in self.windows for c in w})
+
+    def slices_used(self, volume_index: int) -> set[int]:
+        """Every slice of a volume that some episode can contain."""
+        return {
+            s + i
+            for starts in self.windows[volume_index].values()
+            for s in starts
+            for i in range(self.shots + 1)
+        }
+
+    def sample(self) -> Episode:
+        """One episode (augmented when the sampler has an augmentation config)."""
+        rng = self.rng
+        v = self._usable[int(rng.integers(len(self._usable)))]
+        vol, windows = self.volumes[v], self.windows[v]
+        classes = sorted(windows)
+        label = classes[int(rng.integers(len(classes)))]
+        starts = windows[label]
+        start = starts[int(rng.integers(len(starts)))]
+        slices = list(range(start, start + self.shots + 1))
+        if rng.random() < 0.5:
+            slices.reverse()
+        images = vol.image[slices].astype(np.float32)  # [K+1, H, W]
+        masks = (vol.labels[slices] == label).astype(np.float32)
+        episode = Episode(
+            support_images=images[:-1],
+            support_masks=masks[:-1],
+            query_images=images[-1:],
+            query_masks=masks[-1:],
+            volume_id=vol.id,
+            label=int(label),
+            slices=slices,
+        )
+        if self.augmentation is not None:
+            _augment_episode(episode, self.augmentation, rng)
+        return episode
+
+    # -- state for resume --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The generator's state (JSON-serialisable)."""
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def _window_starts(ok: np.ndarray, length: int) -> list[int]:
+    """Starts ``s`` with ``ok[s:s+length]`` all true."""
+    if len(ok) < length:
+        return []
+    run = np.convolve(ok.astype(np.int64), np.ones(length, dtype=np.int64), mode="valid")
+    return [int(s) for s in np.flatnonzero(run == length)]
+
+
+def _augment_episode(episode: Episode, config: AugmentationConfig, rng: np.random.Generator) -> None:
+    """Augment either the support (every shot) or the query, 50/50 (method section)."""
+    if rng.random() < 0.5:
+        pairs = zip(episode.support_images, episode.support_masks, strict=True)
+        out = [augment_pair(img, m, config, rng) for img, m in pairs]
+        episode.support_images = np.stack([o[0] for o in out])
+        episode.support_masks = np.stack([o[1] for o in out])
+        episode.augmented = "support"
+    else:
+        img, m = augment_pair(episode.query_images[0], episode.query_masks[0], config, rng)
+        episode.query_images, episode.query_masks = img[None], m[None]
+        episode.augmented = "query"

@@ -1,0 +1,144 @@
+"""NIfTI reading: header checks, truncation, multi-member gzip, NIfTI-2, scaling, colour and 5-D files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from sd_fsmis.core.errors import StudyReadError
+from sd_fsmis.core.geometry import Geometry
+from sd_fsmis.core.io import nifti
+from sd_fsmis.core.io.listing import list_series
+from sd_fsmis.core.io.loader import load_volume
+
+nibabel = pytest.importorskip("nibabel")
+
+AFFINE = np.array([[-0.8, 0, 0, 90.0], [0, 0.9, 0, -120.0], [0, 0, 2.5, -60.0], [0, 0, 0, 1]])
+
+
+def _data(shape=(6, 5, 4), dtype=np.int16) -> np.ndarray:
+    return np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+
+
+def test_headers_of_nibabel_test_files(nibabel_file):
+    anatomical = nifti.read_header(nibabel_file("anatomical.nii"))
+    assert (anatomical.version, anatomical.endian, anatomical.shape) == (1, ">", (33, 41, 25))
+    four_d = nifti.read_header(nibabel_file("example4d.nii.gz"))
+    assert four_d.ndim == 4 and four_d.n_volumes == 2
+    two = nifti.read_header(nibabel_file("example_nifti2.nii.gz"))
+    assert (two.version, two.shape, two.vox_offset) == (2, (32, 20, 12, 2), 608)
+    assert nifti._dtype(nifti._NIFTI1_FIELDS, "<").itemsize == nifti.NIFTI1_HEADER_SIZE
+    assert nifti._dtype(nifti._NIFTI2_FIELDS, "<").itemsize == nifti.NIFTI2_HEADER_SIZE
+
+
+def test_multi_member_gzip_is_complete_and_loads(tmp_path):
+    """bgzip and parallel compressors write several gzip members: the trailer size is not the total."""
+    nibabel.save(nibabel.Nifti1Image(_data(), AFFINE), tmp_path / "one.nii")
+    raw = (tmp_path / "one.nii").read_bytes()
+    multi = tmp_path / "multi.nii.gz"
+    multi.write_bytes(gzip.compress(raw[:300]) + gzip.compress(raw[300:]))
+    header = nifti.read_header(multi)
+    nifti.check_complete(multi, header)
+    np.testing.assert_array_equal(load_volume(multi).array, load_volume(tmp_path / "one.nii").array)
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.2])
+def test_truncated_files_are_refused(tmp_path, keep):
+    nibabel.save(
+        nibabel.Nifti1Image(np.random.default_rng(0).normal(size=(30, 30, 20)), AFFINE), tmp_path / "a.nii.gz"
+    )
+    for name in ("a.nii.gz", "a.nii"):
+        if name == "a.nii":
+            (tmp_path / name).write_bytes(gzip.decompress((tmp_path / "a.nii.gz").read_bytes()))
+        data = (tmp_path / name).read_bytes()
+        cut = tmp_path / f"cut_{name}"
+        cut.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(StudyReadError, match=r"truncated|damaged|shorter") as exc:
+            list_series(cut)
+        assert "\n" not in str(exc.value)
+
+
+def test_not_nifti(tmp_path):
+    (tmp_path / "text.nii").write_bytes(b"hello" * 100)
+    with pytest.raises(StudyReadError, match="not a NIfTI file"):
+        load_volume(tmp_path / "text.nii")
+    nibabel.save(nibabel.Nifti1Image(_data(), AFFINE), tmp_path / "ok.nii")
+    raw = bytearray((tmp_path / "ok.nii").read_bytes())
+    raw[344:348] = b"xyz\x00"
+    (tmp_path / "magic.nii").write_bytes(bytes(raw))
+    with pytest.raises(StudyReadError, match="bad magic"):
+        load_volume(tmp_path / "magic.nii")
+    raw = bytearray((tmp_path / "ok.nii").read_bytes())
+    raw[40:42] = np.int16(9).tobytes()  # dim[0] = 9
+    (tmp_path / "dims.nii").write_bytes(bytes(raw))
+    with pytest.raises(StudyReadError, match="corrupt NIfTI header"):
+        load_volume(tmp_path / "dims.nii")
+
+
+def test_nifti2_big_endian_written_by_nibabel(tmp_path):
+    data = _data((7, 6, 5))
+    header = nibabel.Nifti2Header(endianness=">")
+    image = nibabel.Nifti2Image(data.astype(">i2"), AFFINE, header=header)
+    nibabel.save(image, tmp_path / "big2.nii")
+    nibabel.save(nibabel.Nifti1Image(data, AFFINE), tmp_path / "same1.nii")
+    h = nifti.read_header(tmp_path / "big2.nii")
+    assert (h.version, h.endian) == (2, ">")
+    volume = load_volume(tmp_path / "big2.nii")
+    reference = sitk.ReadImage(str(tmp_path / "same1.nii"))
+    np.testing.assert_array_equal(volume.array, data.transpose(2, 1, 0))
+    assert volume.geometry.matches(Geometry.from_image(reference))
+
+
+def test_scaled_nifti_is_in_scaled_units(tmp_path):
+    image = nibabel.Nifti1Image(_data(), AFFINE)
+    image.header.set_slope_inter(2.0, -10.0)
+    nibabel.save(image, tmp_path / "scaled.nii.gz")
+    expected = nibabel.load(tmp_path / "scaled.nii.gz").get_fdata()
+    volume = load_volume(tmp_path / "scaled.nii.gz")
+    np.testing.assert_allclose(volume.array, expected.transpose(2, 1, 0))
+    assert volume.array.dtype == np.float32
+
+
+def test_rgb_nifti_becomes_luminance(tmp_path):
+    rgb_dtype = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb = np.zeros((4, 3, 2), dtype=rgb_dtype)
+    rgb["R"], rgb["G"], rgb["B"] = 200, 100, 50
+    nibabel.save(nibabel.Nifti1Image(rgb, AFFINE), tmp_path / "rgb.nii")
+    assert nifti.read_header(tmp_path / "rgb.nii").is_colour
+    volume = load_volume(tmp_path / "rgb.nii")
+    assert volume.shape == (2, 3, 4)
+    np.testing.assert_allclose(volume.array, 0.299 * 200 + 0.587 * 100 + 0.114 * 50, rtol=1e-6)
+    assert any("colour" in w for w in volume.warnings)
+
+
+def test_5d_nifti_is_refused(tmp_path):
+    nibabel.save(nibabel.Nifti1Image(np.zeros((3, 3, 3, 1, 3), np.float32), AFFINE), tmp_path / "vec.nii.gz")
+    with pytest.raises(StudyReadError, match="5-D") as exc:
+        list_series(tmp_path / "vec.nii.gz")
+    assert "\n" not in str(exc.value)
+    # in a folder it is listed with the reason, so that the other files stay usable
+    nibabel.save(nibabel.Nifti1Image(_data(), AFFINE), tmp_path / "ok.nii.gz")
+    listed = {s.uid: s for s in list_series(tmp_path)}
+    assert "5-D" in listed["vec.nii.gz"].error and not listed["ok.nii.gz"].error
+    with pytest.raises(StudyReadError, match="5-D"):
+        load_volume(tmp_path, "vec.nii.gz")
+
+
+def test_4d_with_one_volume_is_3d(tmp_path):
+    data = _data((5, 4, 3, 1))
+    nibabel.save(nibabel.Nifti1Image(data, AFFINE), tmp_path / "t1.nii.gz")
+    volume = load_volume(tmp_path / "t1.nii.gz")
+    np.testing.assert_array_equal(volume.array, data[..., 0].transpose(2, 1, 0))
+    assert not volume.warnings
+
+
+def test_nifti_header_only_pair_is_refused(tmp_path):
+    nibabel.save(nibabel.Nifti1Pair(_data(), AFFINE), tmp_path / "pair.img")
+    header_only = tmp_path / "pair.nii"
+    header_only.write_bytes(Path(tmp_path / "pair.hdr").read_bytes() + b"\x00" * 1000)
+    with pytest.raises(StudyReadError, match="without its data"):
+        list_series(header_only)

@@ -1,0 +1,1 @@
+"""Dialogs: the model manager, creating a model, the series chooser, the keyboard-shortcut help."""

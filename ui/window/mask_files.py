@@ -1,0 +1,195 @@
+"""Masks to and from files for the main window: load a label map (or a reference), save it as NIfTI with the
+study's geometry, export DICOM-SEG, save a screenshot. Reading and exporting run in worker threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6 import QtCore, QtWidgets
+from PySide6.QtCore import Qt
+
+from sd_fsmis import __version__
+from sd_fsmis.core.errors import GeometryMismatchError, UserError
+from sd_fsmis.core.session.layers import LabelLayer
+from sd_fsmis.core.session.study import Study
+from sd_fsmis.ui.workers.job_worker import JobWorker
+
+if TYPE_CHECKING:
+    from sd_fsmis.ui.window.main_window import MainWindow
+
+NIFTI_FILTER = "NIfTI (*.nii.gz *.nii)"
+
+
+class MaskFiles(QtCore.QObject):
+    """File ▸ Load label map / Load reference mask / Save label map / Export DICOM-SEG / Screenshot."""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+
+    def load_dialog(self, reference: bool = False) -> None:
+        """File ▸ Load label map… (or Load reference mask… with ``reference``)."""
+        if self.window.active_study is None:
+            return
+        title = "Load a reference mask" if reference else "Load a label map"
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(
+            self.window, title, self.window.settings.last_folder, f"{NIFTI_FILTER};;All files (*)"
+        )
+        if path:
+            self.load(path, reference=reference)
+
+    def load(
+        self, path: str | os.PathLike[str], *, reference: bool = False, resample: bool = False
+    ) -> JobWorker | None:
+        """Open a mask on the active study in the background (as the reference when ``reference``).
+
+        A mask on another voxel grid is offered a resampling onto the study's grid (nearest neighbour).
+        """
+        study = self.window.active_study
+        if study is None:
+            return None
+        from sd_fsmis.core.io.labelmap import LabelMap
+
+        def job(progress, cancel):
+            try:
+                return LabelMap.load(path, like=study.geometry, resample=resample, like_name="study")
+            except GeometryMismatchError as exc:
+                return _GridMismatch(str(exc))
+
+        def loaded(result) -> None:
+            if not isinstance(result, _GridMismatch):
+                self._add_loaded(study, path, result, reference)
+            elif self.window.confirm(
+                "Different grid", f"{result.message}\n\nResample the mask onto the study's grid?"
+            ):
+                self.load(path, reference=reference, resample=True)
+
+        return self.window.runner.start(
+            job,
+            f"Loading {Path(path).name}",
+            on_done=loaded,
+            on_error=lambda message: self.window.show_error("Cannot load the mask", message),
+        )
+
+    def _add_loaded(self, study: Study, path: str | os.PathLike[str], label_map, reference: bool):
+        if study not in self.window.session.studies:
+            return None
+        name = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+        layer = LabelLayer(
+            label_map,
+            study.unique_layer_name(name),
+            kind="reference" if reference else "manual",
+            opacity=0.3 if reference else 0.5,
+            source_path=str(path),
+        )
+        study.add_layer(layer=layer, activate=not reference)
+        if reference:
+            self.window.session.set_reference(layer)
+        return layer
+
+    def save_dialog(self) -> None:
+        layer, study = self.window.active_layer, self.window.active_study
+        if layer is None or study is None:
+            return
+        suggested = layer.source_path if layer.kind == "manual" and layer.source_path else ""
+        if not suggested:
+            folder = self.window.settings.last_folder or str(Path.home())
+            suggested = str(Path(folder) / f"{_file_stem(study.name)}_{_file_stem(layer.name)}.nii.gz")
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self.window, "Save the mask", suggested, NIFTI_FILTER)
+        if path:
+            self.save(path)
+
+    def save(self, path: str | os.PathLike[str], layer: LabelLayer | None = None) -> Path | None:
+        """Save a mask (the active one) as NIfTI with the study's geometry (+ the label table sidecar)."""
+        layer = layer or self.window.active_layer
+        if layer is None:
+            return None
+        text = str(path)
+        if not text.lower().endswith((".nii", ".nii.gz")):
+            text += ".nii.gz"
+        try:
+            with wait_cursor():
+                out = layer.save(text)
+        except (UserError, OSError) as exc:
+            self.window.show_error("Cannot save the mask", str(exc))
+            return None
+        self.window.status.showMessage(f"Saved {layer.name} to {out}", 8000)
+        return out
+
+    def export_dicom_seg_dialog(self) -> None:
+        layer, study = self.window.active_layer, self.window.active_study
+        if layer is None or study is None:
+            return
+        folder = self.window.settings.last_folder or str(Path.home())
+        suggested = str(Path(folder) / f"{_file_stem(study.name)}_{_file_stem(layer.name)}_seg.dcm")
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(
+            self.window, "Export DICOM-SEG", suggested, "DICOM (*.dcm)"
+        )
+        if path:
+            self.export_dicom_seg(path)
+
+    def export_dicom_seg(self, path: str | os.PathLike[str]):
+        """Export the active mask as DICOM-SEG, in the background (predictions as AUTOMATIC)."""
+        layer, study = self.window.active_layer, self.window.active_study
+        if layer is None or study is None:
+            return None
+        from sd_fsmis.core.io.dicom.seg import export_dicom_seg
+
+        algorithm = None
+        if layer.kind == "prediction":
+            run = next((r for r in self.window.session.runs if r.result_layer_id == layer.id), None)
+            model = (run.model or run.engine) if run is not None else "SD-FSMIS"
+            algorithm = (f"SD-FSMIS {model}".strip(), __version__)
+        label_map, volume = layer.copy_label_map(), study.volume
+
+        def job(progress, cancel):
+            return export_dicom_seg(
+                label_map, volume, path, algorithm=algorithm, series_description=layer.name
+            )
+
+        return self.window.runner.start(
+            job,
+            "Exporting DICOM-SEG",
+            on_done=lambda out: self.window.status.showMessage(f"Exported DICOM-SEG to {out}", 8000),
+            on_error=lambda message: self.window.show_error("DICOM-SEG export failed", message),
+        )
+
+    def screenshot_dialog(self) -> None:
+        study = self.window.active_study
+        name = _file_stem(study.name) if study is not None else "sd-fsmis"
+        folder = self.window.settings.last_folder or str(Path.home())
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(
+            self.window, "Save a screenshot", str(Path(folder) / f"{name}.png"), "PNG (*.png)"
+        )
+        if path:
+            try:
+                out = self.window.viewer.screenshot(path if path.lower().endswith(".png") else path + ".png")
+            except OSError as exc:
+                self.window.show_error("Cannot save the screenshot", str(exc))
+                return
+            self.window.status.showMessage(f"Screenshot saved to {out}", 8000)
+
+
+class _GridMismatch:
+    """A mask on another grid than the study's (the message says how): the user may resample it."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _file_stem(name: str) -> str:
+    """A name usable in a file name."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip())
+    return keep.strip("._") or "mask"
+
+
+class wait_cursor:
+    """The busy cursor for a short operation on the GUI thread."""
+
+    def __enter__(self) -> None:
+        QtWidgets.QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+
+    def __exit__(self, *exc: object) -> None:
+        QtWidgets.QApplication.restoreOverrideCursor()

@@ -1,0 +1,1 @@
+"""QThread workers that run core jobs so that the window stays usable."""

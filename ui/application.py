@@ -196,6 +196,12 @@ def run_application(paths: list[str] | None = None, demo: bool = False, self_tes
             file=sys.stderr,
         )
         return 2
+    from sd_fsmis.ui.platform_check import xcb_problem
+
+    problem = xcb_problem()
+    if problem:
+        print(f"sd-fsmis: error: {problem}", file=sys.stderr)
+        return 2
     app = make_application()
     route_qt_messages()
     from sd_fsmis.core.session.state import Session

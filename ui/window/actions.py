@@ -49,7 +49,13 @@ def _action(
 ) -> QtGui.QAction:
     action = QtGui.QAction(text, parent)
     if keys:
-        action.setShortcuts([k if isinstance(k, Key) else Key(k) for k in keys])
+        # one sequence once: a platform's standard key equal to the explicit one (Quit is Ctrl+Q on Linux)
+        # would make Qt see an ambiguous shortcut and trigger nothing
+        sequences: dict[str, Key] = {}
+        for k in keys:
+            for sequence in Key.keyBindings(k) if isinstance(k, Key.StandardKey) else [Key(k)]:
+                sequences.setdefault(sequence.toString(), sequence)
+        action.setShortcuts(list(sequences.values()))
     if tip:
         action.setToolTip(tip)
         action.setStatusTip(tip)

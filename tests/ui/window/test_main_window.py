@@ -668,3 +668,30 @@ def test_dicomdir_opens_through_the_series_chooser(make_window, pydicom_file):
     study = window.session.active_study
     assert study is not None and study.volume.shape[0] > 1
     assert study.volume.metadata.source_format.startswith("dicom")
+
+
+def test_an_action_lists_each_key_once():
+    """A platform's standard key equal to the explicit one (Quit is Ctrl+Q under X11) must not be listed
+    twice: Qt then calls the shortcut ambiguous and does nothing (Ctrl+Q did not quit)."""
+    from sd_fsmis.ui.window.actions import _action
+
+    make_application()
+    parent = QtWidgets.QWidget()
+    standard = QtGui.QKeySequence.keyBindings(QtGui.QKeySequence.StandardKey.Copy)[0].toString()
+    action = _action(parent, "Copy", lambda: None, (QtGui.QKeySequence.StandardKey.Copy, standard, standard))
+    texts = [s.toString() for s in action.shortcuts()]
+    assert texts.count(standard) == 1 and len(texts) == len(set(texts))
+    parent.deleteLater()
+
+
+def test_ctrl_q_quits_with_the_window_focused(make_window, qtbot):
+    """Ctrl+Q (File > Quit's key) closes the window whatever widget of it has the focus."""
+    window = make_window()
+    quit_action = window.actions_.file["quit"]
+    window.windowHandle().requestActivate()  # shortcuts need the active window (offscreen: made so here)
+    QtWidgets.QApplication.setActiveWindow(window)
+    view = window.viewer.views["axial"].graphics
+    view.setFocus()
+    with qtbot.waitSignal(quit_action.triggered, timeout=2000):
+        qtbot.keyClick(view, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
+    assert not window.isVisible()

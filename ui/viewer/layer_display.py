@@ -1,9 +1,11 @@
 """Shows the active study's label layers in the OrthoViewer, and keeps them in step with their events.
 
-The active layer (the one the tools paint on) is the viewer's label overlay: filled, at its opacity, redrawn
-region by region from ``layer.events.data``. The other visible layers of the study (the reference, earlier
-predictions) are drawn beneath it in every view, as contours by default (3D Slicer and ITK-SNAP show a
-reference that way), so that the painted mask and the reference can be read together.
+The active layer (the one the tools paint on) is the viewer's label overlay, redrawn region by region from
+``layer.events.data``. The other visible layers of the study are drawn beneath it in every view. Each kind
+of layer has its own look (:data:`~sd_fsmis.ui.colors.LAYER_LOOKS`), active or not, so that the three read
+apart whatever their colours: what the person paints is filled at its opacity, a prediction is a solid
+contour, a reference a dashed contour (3D Slicer and ITK-SNAP show a reference as a contour too).
+"Contours" off (``set_others_as_contours(False)``) fills the other predictions as well.
 """
 
 from __future__ import annotations
@@ -12,11 +14,18 @@ from PySide6 import QtCore
 
 from sd_fsmis.core.session.layers import LabelLayer
 from sd_fsmis.core.session.study import Study
+from sd_fsmis.ui.colors import LAYER_LOOKS
 from sd_fsmis.ui.viewer.ortho_viewer import OrthoViewer
-from sd_fsmis.ui.viewer.overlays import FILL, OUTLINE, LabelOverlay
+from sd_fsmis.ui.viewer.overlays import FILL, LabelOverlay
 from sd_fsmis.ui.workers.job_worker import qt_alive
 
 _EXTRA_Z = 9  # beneath the active layer's overlay (10)
+
+
+def layer_look(layer: LabelLayer, contours: bool = True) -> str:
+    """The overlay mode a layer is drawn with: its kind's look; a prediction filled when contours are off."""
+    look = LAYER_LOOKS.get(layer.kind, FILL)
+    return FILL if (look != "dashed" and not contours and layer.kind == "prediction") else look
 
 
 def label_style(layer: LabelLayer) -> tuple[dict[int, tuple[int, int, int]], dict[int, bool]]:
@@ -172,14 +181,14 @@ class LayerDisplay(QtCore.QObject):
         colours, visible = label_style(layer)
         shown = self._labels_visible and layer.visible
         if layer is self._active:
-            self.viewer.set_label_style(colors=colours, opacity=layer.opacity, visible=visible)
+            self.viewer.set_label_style(
+                colors=colours, opacity=layer.opacity, visible=visible, mode=layer_look(layer)
+            )
             self.viewer.set_labels_visible(shown)
             return
-        contours = self._others_as_contours
+        mode = layer_look(layer, self._others_as_contours)
         for overlay in self._extra.get(layer.id, {}).values():
-            overlay.set_style(
-                colors=colours, opacity=layer.opacity, visible=visible, mode=OUTLINE if contours else FILL
-            )
+            overlay.set_style(colors=colours, opacity=layer.opacity, visible=visible, mode=mode)
             # a contour is drawn opaque by the overlay: the layer's opacity fades it instead
-            overlay.item.setOpacity(min(1.0, 2.5 * layer.opacity) if contours else 1.0)
+            overlay.item.setOpacity(min(1.0, 2.5 * layer.opacity) if mode != FILL else 1.0)
             overlay.item.setVisible(shown)

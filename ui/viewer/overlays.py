@@ -15,10 +15,21 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from sd_fsmis.ui.colors import BRUSH_COLOR, CONFUSION_COLORS, CROSSHAIR_COLOR, RGB, label_color
+from sd_fsmis.ui.colors import (
+    BRUSH_COLOR,
+    CONFUSION_COLORS,
+    CONFUSION_HATCHES,
+    CROSSHAIR_COLOR,
+    RGB,
+    label_color,
+)
 
-FILL, OUTLINE = "fill", "outline"
+FILL, OUTLINE, DASHED = "fill", "outline", "dashed"
+MODES = (FILL, OUTLINE, DASHED)
 LUT_SIZE = 256
+#: hatching of a filled value: "/" or "\\" stripes, 3 pixels on and 3 off along the diagonal
+HATCHES = ("/", "\\")
+_PERIOD = 6
 
 
 def label_lut(
@@ -52,6 +63,20 @@ def outline_mask(labels: np.ndarray) -> np.ndarray:
     return edge & (centre != 0)
 
 
+def pattern_mask(rows: slice, cols: slice, pattern: str) -> np.ndarray:
+    """Which pixels of the plane region ``rows`` x ``cols`` a pattern keeps, in plane coordinates (so that
+    a redrawn region continues its neighbours): dashes along contours ("dashed"), or hatch stripes."""
+    r = np.arange(rows.start, rows.stop)[:, None]
+    c = np.arange(cols.start, cols.stop)[None, :]
+    if pattern == "/":
+        return (r + c) % _PERIOD < _PERIOD // 2
+    if pattern == "\\":
+        return (r - c) % _PERIOD < _PERIOD // 2
+    if pattern == DASHED:  # 4 on, 3 off along a contour in any direction
+        return (r // 4 + c // 4) % 2 == 0
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
 def _as_index(values: np.ndarray) -> np.ndarray:
     """Label values as LUT indices (uint8); values above 255 share entry 255."""
     if values.dtype == np.uint8:
@@ -69,7 +94,13 @@ class LabelOverlay:
     :data:`~sd_fsmis.ui.colors.CONFUSION_COLORS`, for the TP/FP/FN disagreement map.
     """
 
-    def __init__(self, colors: Mapping[int, RGB] | None = None, opacity: float = 0.5, z_value: float = 10):
+    def __init__(
+        self,
+        colors: Mapping[int, RGB] | None = None,
+        opacity: float = 0.5,
+        z_value: float = 10,
+        hatches: Mapping[int, str] | None = None,
+    ):
         self.item = pg.ImageItem(axisOrder="row-major")
         self.item.setZValue(z_value)
         self.item.setAutoDownsample(False)
@@ -81,6 +112,8 @@ class LabelOverlay:
         self._opacity = float(opacity)
         self._visible: dict[int, bool] = {}
         self._mode = FILL
+        #: values drawn hatched instead of filled (the disagreement map's false positives and negatives)
+        self._hatches = {int(v): h for v, h in (hatches or {}).items()}
         self._apply_lut()
 
     @property
@@ -97,7 +130,7 @@ class LabelOverlay:
         return self._buffer
 
     def _apply_lut(self) -> None:
-        opacity = 1.0 if self._mode == OUTLINE else self._opacity  # thin contours need full alpha
+        opacity = 1.0 if self._mode != FILL else self._opacity  # thin contours need full alpha
         self._lut = label_lut(self._colors, opacity, self._visible)
         self._lut32 = self._lut.view(np.uint32).ravel()  # one RGBA pixel per entry, same bytes
         if self._buffer is not None and self._rgba32 is not None:
@@ -111,7 +144,7 @@ class LabelOverlay:
         visible: Mapping[int, bool] | None = None,
         mode: str | None = None,
     ) -> None:
-        """Change colours, opacity (0..1), per-label visibility or the mode ("fill" / "outline")."""
+        """Change colours, opacity (0..1), per-label visibility or the mode ("fill", "outline", "dashed")."""
         if colors is not None:
             self._colors = {int(k): tuple(v[:3]) for k, v in colors.items()}
         if opacity is not None:
@@ -120,8 +153,8 @@ class LabelOverlay:
             self._visible = {int(k): bool(v) for k, v in visible.items()}
         mode_changed = mode is not None and mode != self._mode
         if mode is not None:
-            if mode not in (FILL, OUTLINE):
-                raise ValueError(f"overlay mode must be {FILL!r} or {OUTLINE!r}, got {mode!r}")
+            if mode not in MODES:
+                raise ValueError(f"overlay mode must be one of {', '.join(MODES)}, got {mode!r}")
             self._mode = mode
         self._apply_lut()
         if mode_changed:
@@ -150,13 +183,21 @@ class LabelOverlay:
         if r1 <= r0 or c1 <= c0:
             return
         if self._mode == FILL:
-            self._buffer[r0:r1, c0:c1] = _as_index(self._plane[r0:r1, c0:c1])
+            region = _as_index(self._plane[r0:r1, c0:c1])
+            for value, hatch in self._hatches.items():
+                off = (region == value) & ~pattern_mask(slice(r0, r1), slice(c0, c1), hatch)
+                if off.any():
+                    region = np.where(off, 0, region)
+            self._buffer[r0:r1, c0:c1] = region
         else:  # a contour pixel depends on its neighbours: redo one pixel around, with one more as context
             r0, r1, c0, c1 = max(r0 - 1, 0), min(r1 + 1, h), max(c0 - 1, 0), min(c1 + 1, w)
             cr0, cr1, cc0, cc1 = max(r0 - 1, 0), min(r1 + 1, h), max(c0 - 1, 0), min(c1 + 1, w)
             context = _as_index(self._plane[cr0:cr1, cc0:cc1])
             inner = (slice(r0 - cr0, r1 - cr0), slice(c0 - cc0, c1 - cc0))
-            self._buffer[r0:r1, c0:c1] = np.where(outline_mask(context)[inner], context[inner], 0)
+            keep = outline_mask(context)[inner]
+            if self._mode == DASHED:
+                keep &= pattern_mask(slice(r0, r1), slice(c0, c1), DASHED)
+            self._buffer[r0:r1, c0:c1] = np.where(keep, context[inner], 0)
         self._rgba32[r0:r1, c0:c1] = self._lut32[self._buffer[r0:r1, c0:c1]]
         self.item.setImage(self._rgba, autoLevels=False)
 
@@ -209,5 +250,7 @@ class BrushCursor(QtWidgets.QGraphicsEllipseItem):
 
 
 def confusion_overlay(opacity: float = 0.6) -> LabelOverlay:
-    """The TP/FP/FN overlay: values 1/2/3 in Okabe-Ito bluish green / vermillion / blue."""
-    return LabelOverlay(colors=CONFUSION_COLORS, opacity=opacity, z_value=20)
+    """The TP/FP/FN overlay: values 1/2/3 (colours: :mod:`sd_fsmis.ui.colors`); false positives and false
+    negatives hatched in opposite directions, so that they read apart from each other and from any
+    label's fill whatever its colour, and without colour vision."""
+    return LabelOverlay(colors=CONFUSION_COLORS, opacity=opacity, z_value=20, hatches=CONFUSION_HATCHES)

@@ -53,8 +53,8 @@ def _action(
         # would make Qt see an ambiguous shortcut and trigger nothing
         sequences: dict[str, Key] = {}
         for k in keys:
-            for sequence in Key.keyBindings(k) if isinstance(k, Key.StandardKey) else [Key(k)]:
-                sequences.setdefault(sequence.toString(), sequence)
+            sequence = k if isinstance(k, Key) else Key(k)
+            sequences.setdefault(sequence.toString(), sequence)
         action.setShortcuts(list(sequences.values()))
     if tip:
         action.setToolTip(tip)

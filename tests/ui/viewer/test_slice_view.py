@@ -366,22 +366,52 @@ def test_label_visibility_and_outline_mode(qtbot):
     assert not widget.labels.item.isVisible()
 
 
-def test_confusion_overlay_colours(qtbot):
+def test_confusion_overlay_colours_and_hatching(qtbot):
+    """TP filled; FP and FN hatched in opposite directions (they read apart without colour), in colours
+    away from the labels' (a missed region must not look like the demo's left kidney)."""
     widget = make_view(qtbot, "axial")
     confusion = np.zeros(SHAPE, np.uint8)
     z = widget.slice_index
-    confusion[z, 2, 2], confusion[z, 2, 3], confusion[z, 2, 4] = 1, 2, 3
+    confusion[z, 0:6, 0:6], confusion[z, 0:6, 6:12], confusion[z, 0:6, 12:18] = 1, 2, 3
     widget.set_confusion(confusion, opacity=0.6)
     item = widget.confusion.item
     item.render()
-    colours = [item.qimage.pixelColor(x, 2) for x in (2, 3, 4, 5)]
-    expected = [TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE]
-    for colour, rgb in zip(colours, expected):
-        assert (colour.red(), colour.green(), colour.blue()) == rgb
-        assert colour.alpha() == 153
-    assert colours[3].alpha() == 0
+
+    def drawn(x0: int, rgb) -> np.ndarray:
+        on = np.zeros((6, 6), bool)
+        for r in range(6):
+            for c in range(6):
+                colour = item.qimage.pixelColor(x0 + c, r)
+                if colour.alpha():
+                    assert (colour.red(), colour.green(), colour.blue()) == rgb and colour.alpha() == 153
+                    on[r, c] = True
+        return on
+
+    assert drawn(0, TRUE_POSITIVE).all()
+    fp, fn = drawn(6, FALSE_POSITIVE), drawn(12, FALSE_NEGATIVE)
+    assert 0.3 < fp.mean() < 0.7 and 0.3 < fn.mean() < 0.7  # hatched: about half of the pixels
+    assert not np.array_equal(fp, fn)  # opposite diagonals
+    from sd_fsmis.core.io.demo import DEMO_LABELS
+    from sd_fsmis.core.io.labelmap import default_colour
+
+    label_colours = [label.colour for label in DEMO_LABELS.values()] + [
+        default_colour(v) for v in range(1, 9)
+    ]
+    for rgb in (FALSE_POSITIVE, FALSE_NEGATIVE):
+        assert min(np.linalg.norm(np.subtract(rgb, c)) for c in label_colours) > 90
     widget.set_confusion(None)
     assert not item.isVisible()
+
+
+def test_dashed_contour_keeps_part_of_the_outline(qtbot):
+    widget = make_view(qtbot, "axial")
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[:, 4:28, 4:28] = 1
+    widget.set_labels(labels, {1: (255, 0, 0)}, opacity=0.4)
+    widget.set_label_style(mode="dashed")
+    outline = outline_mask(labels[widget.slice_index])
+    shown = widget.labels.buffer != 0
+    assert not (shown & ~outline).any() and 0.3 < shown.sum() / outline.sum() < 0.7
 
 
 def test_binding_reference_leak_is_neutralised(qtbot):

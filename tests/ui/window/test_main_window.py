@@ -424,10 +424,11 @@ def test_mask_list_visibility_opacity_and_new_mask(demo_window):
     study = window.session.active_study
     reference = window.session.reference
     assert panel.layer_list.count() == 2
-    # the reference is drawn as contours in every view, beneath the painted mask
+    # the reference is drawn as a dashed contour in every view, beneath the painted (filled) mask
     overlays = window.layer_display.extra_overlays(reference)
     assert set(overlays) == {"axial", "coronal", "sagittal"}
-    assert overlays["axial"].mode == "outline" and overlays["axial"].item.isVisible()
+    assert overlays["axial"].mode == "dashed" and overlays["axial"].item.isVisible()
+    assert window.viewer.views["axial"].labels.mode == "fill"
     panel.layer_list.item(0).setCheckState(Qt.CheckState.Unchecked)
     assert reference.visible is False and not overlays["axial"].item.isVisible()
     panel.opacity.setValue(80)

@@ -38,7 +38,10 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
     from sd_fsmis.core.model.presets import build_random_pipeline
     from sd_fsmis.core.trainer import EpisodeLoss, add_lora, sqi_checkpointing
 
-    pipeline = build_random_pipeline(arch, seed=0).to(device, torch.float32, channels_last=False)
+    where = device if device.type == "cuda" else None  # random weights made on the GPU: seconds, not a minute
+    pipeline = build_random_pipeline(arch, seed=0, device=where).to(
+        device, torch.float32, channels_last=False
+    )
     bf16 = variant != "fp32"
     if variant == "lora":
         add_lora(pipeline.unet, rank=16, alpha=16.0)
@@ -92,6 +95,8 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
     sync()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    # what the allocator held at most (allocated + its cache): what a card must have, besides the context
+    reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
     result = {
         "arch": arch,
         "variant": variant,
@@ -100,6 +105,7 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
         "seconds_per_step": seconds,
         "steps_per_second": 1.0 / seconds,
         "peak_memory_gib": peak,
+        "peak_reserved_gib": reserved,
         "trainable_parameters": trainable,
         "threads": torch.get_num_threads(),
     }

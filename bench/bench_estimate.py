@@ -1,9 +1,10 @@
 """How good is the fine-tune wizard's estimate? ``estimate_training`` against a measured training step.
 
-For each variant of ``bench_training.py`` (fp32, bf16, bf16 + gradient checkpointing, LoRA), a random-weight
-model of the chosen architecture is saved as a model folder, the wizard's estimate is computed for it
-(:func:`sd_fsmis.core.training_estimate.estimate_training`: parameter counts from the safetensors headers,
-the device's measured matmul throughput), and the same training step is measured in a fresh process
+For each variant of ``bench_training.py`` (fp32, bf16, bf16 + gradient checkpointing, LoRA, LoRA + gradient
+checkpointing), a random-weight model of the chosen architecture is saved as a model folder, the wizard's
+estimate is computed for it (:func:`sd_fsmis.core.training_estimate.estimate_training`: parameter counts
+from the safetensors headers, the device's measured matmul throughput), and the same training step is
+measured in a fresh process
 (:func:`bench_training.one_variant`): seconds per step, and peak memory (CUDA: the allocator's peak; CPU:
 the child process's peak resident set, which also holds Python, torch and the frozen networks).
 
@@ -37,6 +38,7 @@ SETTINGS = {
     "bf16": dict(precision="bf16", lora=False, gradient_checkpointing=False),
     "bf16-ckpt": dict(precision="bf16", lora=False, gradient_checkpointing=True),
     "lora": dict(precision="bf16", lora=True, gradient_checkpointing=False),
+    "lora-ckpt": dict(precision="bf16", lora=True, gradient_checkpointing=True),
 }
 
 

@@ -9,7 +9,8 @@ and a global deadline (default 470 s from ``bench/gpu_check.sh``'s start: the 8 
    agreement;
 3. ``model``: a real-size model folder with random weights (built on the GPU, saved as safetensors);
 4. ``training``: ``bench/bench_estimate.py``: a training step at real size in fp32, bf16, bf16 + gradient
-   checkpointing and LoRA (s/step, peak memory), each beside the fine-tune wizard's estimate;
+   checkpointing, LoRA, and LoRA + checkpointing (s/step, peak memory), each beside the fine-tune wizard's
+   estimate;
 5. ``segment``: ``sd-fsmis segment --device cuda`` end to end on a CHAOS volume with that model;
 6. ``train``: ``sd-fsmis train`` 20 steps on CUDA, interrupted (SIGINT, as Ctrl+C) and resumed;
 7. ``pytest``: ``pytest -m gpu`` on the test files that hold GPU tests.
@@ -53,7 +54,7 @@ LIMITS = {
     "env": (60, 120),
     "inference": (150, 600),
     "model": (90, 240),
-    "training": (180, 900),
+    "training": (200, 900),
     "segment": (90, 240),
     "train": (200, 900),
     "pytest": (90, 300),
@@ -198,16 +199,24 @@ class Check:
         timeout: float,
         *,
         use_pty: bool = False,
-        on_output=None,
+        on_tick=None,
         env: dict[str, str] | None = None,
     ) -> Run:
-        """Run ``argv`` in its own session, output (stdout + stderr) to the log; stop it at ``timeout``."""
+        """Run ``argv`` in its own session, output (stdout + stderr) to the log; stop it at ``timeout``.
+
+        ``use_pty``: on a pseudo-terminal (a pipe where there is none); ``on_tick(output so far, process)``
+        is called at least once a second."""
         self.log.write(f"\n===== {label}: {' '.join(argv)} (limit {timeout:.0f} s)\n")
         self.log.flush()
         start = time.monotonic()
         common = dict(cwd=ROOT, env=env or self.env, stdin=subprocess.DEVNULL, start_new_session=True)
         if use_pty:  # a terminal: tqdm draws its bar (the step count) only on one
-            master, slave = pty.openpty()
+            try:
+                master, slave = pty.openpty()
+            except OSError as exc:
+                self.log.write(f"no pseudo-terminal ({exc}): output through a pipe\n")
+                use_pty = False
+        if use_pty:
             # a size: on a 0 x 0 terminal tqdm draws an empty bar
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
             proc = subprocess.Popen(argv, stdout=slave, stderr=slave, **common)
@@ -237,13 +246,13 @@ class Check:
                     chunks.append(text)
                     self.log.write(text.replace("\r\n", "\n").replace("\r", "\n"))
                     self.log.flush()
-                    if on_output is not None:
-                        on_output("".join(chunks), proc)
                     quiet_since = None
                 elif proc.poll() is not None:  # exited, but a child of it still holds the output open
                     quiet_since = quiet_since or time.monotonic()
                     if time.monotonic() - quiet_since > 3:
                         break
+                if on_tick is not None:  # at least once a second
+                    on_tick("".join(chunks), proc)
         finally:
             if timed_out:
                 _kill(proc)
@@ -439,15 +448,21 @@ class Check:
         sent: dict[str, int] = {}
 
         def interrupt(text: str, proc: subprocess.Popen) -> None:
-            if sent:
+            """SIGINT (as Ctrl+C) once the progress bar shows step INTERRUPT_AT or a checkpoint of it exists
+            (without a terminal there is no bar: hence a checkpoint every INTERRUPT_AT steps)."""
+            if sent or proc.poll() is not None:
                 return
             steps = [int(a) for a, b in re.findall(r"(\d+)/(\d+) \[", text) if int(b) == TRAIN_STEPS]
+            if (out / "checkpoints" / f"checkpoint-{INTERRUPT_AT}").is_dir():
+                steps.append(INTERRUPT_AT)
             if steps and max(steps) >= INTERRUPT_AT:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGINT)  # as Ctrl+C
+                    os.kill(proc.pid, signal.SIGINT)
                 sent["at"] = max(steps)
 
-        first = self.run("train (interrupted)", argv, limit, use_pty=True, on_output=interrupt)
+        if not _has_pty():
+            argv[argv.index("--checkpoint-every") + 1] = str(INTERRUPT_AT)
+        first = self.run("train (interrupted)", argv, limit, use_pty=True, on_tick=interrupt)
         checkpoints = sorted(
             (int(p.name.split("-")[-1]) for p in (out / "checkpoints").glob("checkpoint-*") if p.is_dir()),
         )
@@ -590,6 +605,32 @@ def _f(value: float | None, digits: int) -> str:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}x"
+
+
+def default_work() -> str:
+    """/tmp/gpu-check-work, or build/gpu-check-work in the repository (ignored by git) where /tmp has less
+    than the 40 GiB a real-size run writes (model 4 GB, two training checkpoints of 10 GB, two models)."""
+    candidates = [Path("/tmp/gpu-check-work"), ROOT / "build" / "gpu-check-work"]
+
+    def free(path: Path) -> int:
+        while not path.exists():
+            path = path.parent
+        return shutil.disk_usage(path).free
+
+    for path in candidates:
+        if free(path) >= 40 * 2**30:
+            return str(path)
+    return str(max(candidates, key=free))
+
+
+def _has_pty() -> bool:
+    try:
+        master, slave = pty.openpty()
+    except OSError:
+        return False
+    os.close(master)
+    os.close(slave)
+    return True
 
 
 def _importable(name: str) -> bool:
@@ -793,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="+", choices=STAGES, metavar="STAGE", help="skip these stages")
     parser.add_argument("--budget", type=float, help="seconds from the start (default 470; small 1800)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu-check-out"))
-    parser.add_argument("--work", default=os.environ.get("GPU_CHECK_WORK") or "/tmp/gpu-check-work")
+    parser.add_argument("--work", default=os.environ.get("GPU_CHECK_WORK") or default_work())
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder (models, outputs)")
     args = parser.parse_args(argv)
     if args.command == "probe":

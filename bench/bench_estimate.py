@@ -1,19 +1,25 @@
 """How good is the fine-tune wizard's estimate? ``estimate_training`` against a measured training step.
 
-For each variant of ``bench_training.py`` (fp32, bf16, bf16 + gradient checkpointing, LoRA), a random-weight
-model of the chosen architecture is saved as a model folder, the wizard's estimate is computed for it
-(:func:`sd_fsmis.core.training.estimate.estimate_training`: parameter counts from the safetensors headers,
-the device's measured matmul throughput), and the same training step is measured in a fresh process
+For each variant of ``bench_training.py`` (fp32, bf16, bf16 + gradient checkpointing, LoRA, LoRA + gradient
+checkpointing), a random-weight model of the chosen architecture is saved as a model folder, the wizard's
+estimate is computed for it (:func:`sd_fsmis.core.training.estimate.estimate_training`: parameter counts
+from the safetensors headers, the device's measured matmul throughput), and the same training step is
+measured in a fresh process
 (:func:`bench_training.one_variant`): seconds per step, and peak memory (CUDA: the allocator's peak; CPU:
 the child process's peak resident set, which also holds Python, torch and the frozen networks).
 
     python bench/bench_estimate.py [--device cpu|cuda] [--arch tiny|real] [--real-cpu] [--variants ...]
+        [--model DIR] [--json FILE]
+
+``--model DIR``: estimate for this model folder (of the ``--arch`` architecture) instead of saving a new
+random one (saves writing the 4 GB of a real-size model again).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import multiprocessing
 import platform
 import resource
@@ -32,6 +38,7 @@ SETTINGS = {
     "bf16": dict(precision="bf16", lora=False, gradient_checkpointing=False),
     "bf16-ckpt": dict(precision="bf16", lora=False, gradient_checkpointing=True),
     "lora": dict(precision="bf16", lora=True, gradient_checkpointing=False),
+    "lora-ckpt": dict(precision="bf16", lora=True, gradient_checkpointing=True),
 }
 
 
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 5 CUDA / 10 tiny / 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (both sides)")
+    parser.add_argument("--model", metavar="DIR", help="estimate for this model folder (default: save one)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | est. s/step | measured s/step | ratio | est. peak GiB | measured peak GiB |")
     print("|---|---|---|---|---|---|")
     context = multiprocessing.get_context("spawn")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="sd-fsmis-bench-estimate-") as tmp:
-        folder = save_pipeline(build_random_pipeline(arch, seed=0), Path(tmp) / arch, name=f"bench-{arch}")
+        if args.model:
+            folder = Path(args.model)
+        else:
+            folder = save_pipeline(
+                build_random_pipeline(arch, seed=0), Path(tmp) / arch, name=f"bench-{arch}"
+            )
         for variant in args.variants:
             estimate = estimate_training(
                 folder,
@@ -98,6 +113,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{peak:.2f}{'' if device == 'cuda' else ' (RSS)'} |",
                 flush=True,
             )
+            rows.append(
+                {
+                    **measured,
+                    "settings": SETTINGS[variant],
+                    "estimate_seconds_per_step": estimate.seconds_per_step,
+                    "estimate_peak_gib": estimate.peak_memory_bytes / 2**30,
+                    "measured_peak_gib": peak,
+                    "peak_kind": "GPU max allocated" if device == "cuda" else "peak RSS",
+                }
+            )
+    if args.json:
+        header = {"arch": arch, "device": device, "machine": machine, "torch": torch.__version__}
+        Path(args.json).write_text(json.dumps({**header, "rows": rows}, indent=1))
     return 0
 
 

@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         help="NHWC layout for ours (auto: on CUDA only; the reference way keeps PyTorch's default layout)",
     )
     parser.add_argument("--skip-reference", action="store_true", help="time our engine only")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (the median is kept)")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -207,13 +208,18 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
+    # random weights made on a GPU directly (seconds instead of a minute on one CPU core); the same seed on
+    # the same device gives both pipelines the same weights
+    where = device if device.type == "cuda" else None
     # the reference way: fp32 in PyTorch's default (NCHW) layout, batch 1
-    fp32 = build_random_pipeline(args.arch, seed=0).to(device, torch.float32, channels_last=False).eval()
+    fp32 = build_random_pipeline(args.arch, seed=0, device=where)
+    fp32 = fp32.to(device, torch.float32, channels_last=False).eval()
     layout = {"auto": device.type == "cuda", "on": True, "off": False}[args.channels_last]
     if dtype == torch.float32 and not layout:
         ours_pipe = fp32
     else:
-        ours_pipe = build_random_pipeline(args.arch, seed=0).to(device, dtype, channels_last=layout).eval()
+        ours_pipe = build_random_pipeline(args.arch, seed=0, device=where)
+        ours_pipe = ours_pipe.to(device, dtype, channels_last=layout).eval()
     params = sum(p.numel() for p in fp32.unet.parameters()) / 1e6
     print(f"# built in {time.perf_counter() - t0:.1f} s (U-Net {params:.0f}M parameters)", flush=True)
     engines = [SDFSMISEngine(ours_pipe, name="ours", batch_size=args.batch_size)]
@@ -224,17 +230,28 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for shots in args.shots:
         request = make_request(volume, organ, shots)
-        warm = SegmentationRequest(query=volume[:2], supports=request.supports)
-        for engine in engines:  # warm-up: kernels, cuDNN autotuning, allocator
+        # warm-up: kernels, allocator, and on CUDA cuDNN's autotuning (cudnn.benchmark), once per new shape:
+        # there the timed request itself (its batch shapes), and a slice of the reference way (batch 1)
+        warm = (
+            request
+            if device.type == "cuda"
+            else SegmentationRequest(query=volume[:2], supports=request.supports)
+        )
+        for engine in engines:
             engine.segment(warm)
         ours_rows = []
         for engine in engines:
-            row, mask = run_ours(engine, request, device)
+            runs = [run_ours(engine, request, device) for _ in range(args.repeats)]
+            row, mask = sorted(runs, key=lambda run: run[0].seconds)[len(runs) // 2]  # the median
             ours_rows.append((row, mask))
-            print(f"# ours {row.dtype} {shots}-shot: {row.seconds:.2f} s", flush=True)
+            print(f"# ours {row.dtype} {shots}-shot: {row.seconds:.3f} s", flush=True)
         if args.skip_reference:
             rows += [r for r, _ in ours_rows]
             continue
+        if device.type == "cuda":
+            fp32.segment_slices(
+                [s.image for s in request.supports], [s.mask for s in request.supports], volume[:1]
+            )
         ref_row, ref_mask = run_reference_way(fp32, request, device)
         print(f"# reference way {shots}-shot: {ref_row.seconds:.2f} s", flush=True)
         for row, mask in ours_rows:

@@ -5,7 +5,8 @@ Variants (one episode, K = 1, batch 1, AdamW over the U-Net, ``conv_in_ref`` and
 - ``fp32``:  fp32, attention through SDPA's plain "math" kernel (no fused attention, as the reference);
 - ``bf16``:  bf16 autocast (what ``Accelerator(mixed_precision="bf16")`` does) + fused SDPA;
 - ``bf16-ckpt``: ``bf16`` + gradient checkpointing (the trainer's SQI-safe checkpointing function);
-- ``lora``:  ``bf16`` + LoRA rank 16 on to_q/to_k/to_v/to_out.0 (U-Net frozen except the input conv).
+- ``lora``:  ``bf16`` + LoRA rank 16 on to_q/to_k/to_v/to_out.0 (U-Net frozen except the input conv);
+- ``lora-ckpt``: ``lora`` + gradient checkpointing (the smallest setting the fine-tune wizard offers).
 
 On CUDA the real-size architecture (SD 1.5 U-Net + VAE, DINOv2-base, random weights) runs at 256 x 256; on
 the CPU the tiny preset (64 x 64) runs, and the real size only with ``--real-cpu`` (minutes per step).
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = ("fp32", "bf16", "bf16-ckpt", "lora")
+VARIANTS = ("fp32", "bf16", "bf16-ckpt", "lora", "lora-ckpt")
 
 
 def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> dict:
@@ -38,11 +39,14 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
     from sd_fsmis.core.model.presets import build_random_pipeline
     from sd_fsmis.core.training.networks import EpisodeLoss, add_lora, sqi_checkpointing
 
-    pipeline = build_random_pipeline(arch, seed=0).to(device, torch.float32, channels_last=False)
+    where = device if device.type == "cuda" else None  # random weights made on the GPU: seconds, not a minute
+    pipeline = build_random_pipeline(arch, seed=0, device=where).to(
+        device, torch.float32, channels_last=False
+    )
     bf16 = variant != "fp32"
-    if variant == "lora":
+    if variant.startswith("lora"):
         add_lora(pipeline.unet, rank=16, alpha=16.0)
-    if variant == "bf16-ckpt":
+    if variant.endswith("-ckpt"):
         pipeline.unet.enable_gradient_checkpointing(sqi_checkpointing(pipeline.bank))
     pipeline.vae.requires_grad_(False)
     pipeline.image_encoder.requires_grad_(False)
@@ -92,6 +96,8 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
     sync()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    # what the allocator held at most (allocated + its cache): what a card must have, besides the context
+    reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
     result = {
         "arch": arch,
         "variant": variant,
@@ -100,6 +106,7 @@ def one_variant(arch: str, device: torch.device, variant: str, steps: int) -> di
         "seconds_per_step": seconds,
         "steps_per_second": 1.0 / seconds,
         "peak_memory_gib": peak,
+        "peak_reserved_gib": reserved,
         "trainable_parameters": trainable,
         "threads": torch.get_num_threads(),
     }

@@ -38,3 +38,16 @@ def test_cuda_batch_equals_single_slices_in_fp32(phantom):
     batched = pipe.segment_slices([volume[2]], [mask], volume)
     single = np.concatenate([pipe.segment_slices([volume[2]], [mask], volume[i : i + 1]) for i in range(6)])
     np.testing.assert_allclose(batched, single, atol=1e-4, rtol=0)
+
+
+def test_random_pipeline_built_on_cuda_runs_there(phantom):
+    from sd_fsmis.core.model.presets import build_random_pipeline
+
+    volume, mask = phantom
+    pipe = build_random_pipeline("tiny", device="cuda")
+    assert {p.device.type for m in pipe.modules.values() for p in m.parameters()} == {"cuda"}
+    again = build_random_pipeline("tiny", device="cuda")  # the same seed on the same device: the same weights
+    for a, b in zip(pipe.unet.parameters(), again.unet.parameters()):
+        assert torch.equal(a, b)
+    soft = pipe.to("cuda", torch.bfloat16).segment_slices([volume[2]], [mask], volume[:3])
+    assert soft.shape == volume[:3].shape and np.isfinite(soft).all()

@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= requirements/constraints.txt
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: setup run demo test lint format bench clean package-setup icons bundle bundle-check lock check-latest
+.PHONY: setup run demo test lint format bench clean package-setup icons bundle bundle-check lock check-latest \
+	screenshots
 
 setup: $(VENV)/.installed
 
@@ -35,6 +36,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# README's pictures, made from the demo study offscreen (docs/images/*.png): look at them before committing
+screenshots: setup
+	QT_QPA_PLATFORM=offscreen $(BIN)/python docs/make_screenshots.py
 
 bench: setup
 	$(BIN)/python bench/bench_loader.py

@@ -23,7 +23,7 @@ OUT = Path(__file__).resolve().parent / "images"
 def main() -> int:
     os.environ.setdefault("SD_FSMIS_HOME", tempfile.mkdtemp(prefix="sd-fsmis-screenshots-"))
     import numpy as np
-    from PySide6 import QtCore, QtWidgets
+    from PySide6 import QtCore
 
     from sd_fsmis.ui.application import _wait, make_application
     from sd_fsmis.ui.settings import AppSettings

@@ -24,6 +24,8 @@ def themed_plot(palette: QtGui.QPalette, left: str, bottom: str) -> pg.PlotWidge
 
 
 def dice_axis(item: pg.PlotItem) -> None:
-    """Dice on the y axis: 0 to 1 fixed (the mouse pans and zooms along x only)."""
-    item.setYRange(0.0, 1.05, padding=0)
+    """Dice on the y axis: 0 to 1 fixed, with a margin below 0 so that a Dice-0 point (a slice predicted
+    beyond the organ's end, or missed) lies inside the plot and can be clicked; the mouse pans and zooms
+    along x only."""
+    item.setYRange(-0.06, 1.06, padding=0)
     item.getViewBox().setMouseEnabled(x=True, y=False)

@@ -39,7 +39,16 @@ from sd_fsmis.ui.workers.job_worker import JobWorker, error_box, qt_alive
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("Structure", "Dice", "HD95 (mm)", "ASSD (mm)", "Prediction (ml)", "Reference (ml)")
+#: short titles so that every column fits the docked panel's width (full names in the header tooltips)
+METRIC_COLUMNS = ("Structure", "Dice", "HD95 mm", "ASSD mm", "Pred. ml", "Ref. ml")
+METRIC_TIPS = (
+    "The structure (label of the reference)",
+    "Dice of the whole volume",
+    "95th percentile Hausdorff distance (mm)",
+    "average symmetric surface distance (mm)",
+    "volume of the prediction (ml)",
+    "volume of the reference (ml)",
+)
 MASK_FILTER = "Masks (*.nii *.nii.gz *.nrrd *.mha *.mhd);;All files (*)"
 #: (colour, short name, explanation) of the disagreement legend
 LEGEND = (
@@ -162,13 +171,18 @@ class ComparePanel(QtWidgets.QWidget):
 
         self.metrics = QtWidgets.QTableWidget(0, len(METRIC_COLUMNS))
         self.metrics.setHorizontalHeaderLabels(list(METRIC_COLUMNS))
+        for column, tip in enumerate(METRIC_TIPS):
+            self.metrics.horizontalHeaderItem(column).setToolTip(tip)
         self.metrics.verticalHeader().setVisible(False)
         self.metrics.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.metrics.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         header = self.metrics.horizontalHeader()
-        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        # every column in view: the panel's width is shared out (never a scroll bar hiding "Ref. ml")
+        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        header.setMinimumSectionSize(44)
+        self.metrics.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.metrics.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self._fit_metrics_height()
         self.metrics.itemSelectionChanged.connect(self._label_selection_changed)

@@ -25,7 +25,8 @@ from sd_fsmis.ui.workers.job_worker import JobWorker, format_seconds, qt_alive
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("Model", "K", "Structure", "Dice", "HD95 (mm)", "Time", "Device", "Date", "Status")
+COLUMNS = ("Model", "K", "Structure", "Dice", "HD95 (mm)", "Time", "Device", "Date", "Status", "Study")
+STUDY_COLUMN = COLUMNS.index("Study")
 RUN_ROLE = Qt.ItemDataRole.UserRole
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 
@@ -79,7 +80,8 @@ def run_date_text(run: Run) -> str:
 
 
 class RunsTable(QtWidgets.QWidget):
-    """A sortable table of the session's runs. Signal ``runSelected(run_id)``."""
+    """A sortable table of the runs of the active study (all studies' runs, with a Study column, when "All
+    studies" is ticked). Signal ``runSelected(run_id)``."""
 
     runSelected = Signal(str)
 
@@ -103,16 +105,33 @@ class RunsTable(QtWidgets.QWidget):
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.all_studies_check = QtWidgets.QCheckBox("All studies")
+        self.all_studies_check.setToolTip("Also list the runs of the other open studies")
+        self.all_studies_check.toggled.connect(lambda _on: self.refresh())
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.table)
+        layout.addWidget(self.all_studies_check)
         self._hd95_timer = QtCore.QTimer(self)
         self._hd95_timer.setSingleShot(True)
         self._hd95_timer.setInterval(300)
         self._hd95_timer.timeout.connect(self._compute_hd95)
         session.runs.events.any.connect(self._on_runs_event)
         session.events.reference.connect(self._on_reference)
+        session.events.active_study.connect(self._on_active_study)
         self.refresh()
+
+    def _on_active_study(self, *_: object) -> None:
+        if qt_alive(self):
+            self.refresh()
+
+    def shown_runs(self) -> list[Run]:
+        """The runs listed: the active study's, or every study's with "All studies"."""
+        runs = list(self.session.runs)
+        if self.all_studies_check.isChecked():
+            return runs
+        study = self.session.active_study
+        return [r for r in runs if study is not None and r.query_study_id == study.id]
 
     # ---------------------------------------------------------------------------------------------- rows
     def refresh(self) -> None:
@@ -120,7 +139,8 @@ class RunsTable(QtWidgets.QWidget):
         selected = self.selected_run_id()
         self.table.setSortingEnabled(False)
         self.table.blockSignals(True)
-        runs = list(self.session.runs)
+        runs = self.shown_runs()
+        self.table.setColumnHidden(STUDY_COLUMN, not self.all_studies_check.isChecked())
         self.table.setRowCount(len(runs))
         for row, run in enumerate(runs):
             for column, (text, key) in enumerate(self._cells(run)):
@@ -150,7 +170,14 @@ class RunsTable(QtWidgets.QWidget):
             (run.device, run.device.lower()),
             (run_date_text(run), run.started_at),
             (run.status, run.status),
+            (self._study_name(run), self._study_name(run).lower()),
         ]
+
+    def _study_name(self, run: Run) -> str:
+        try:
+            return self.session.study(run.query_study_id).name
+        except (KeyError, LookupError, ValueError):
+            return "(closed)"
 
     def hd95(self, run_id: str) -> float | None:
         """The HD95 (mm) of a run against the current reference, when computed and still valid."""

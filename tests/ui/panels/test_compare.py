@@ -141,6 +141,22 @@ def test_clicking_a_point_of_the_plot_goes_to_its_slice(qtbot, scene):
     assert blocker.args == [z]
 
 
+def test_clicking_a_zero_dice_point_goes_to_its_slice(qtbot, scene):
+    """A slice with Dice 0 (the structure missed there, or predicted beyond the organ's end) is clickable
+    like any other point: its point lies inside the plot, not on its lower edge."""
+    _session, _study, _reference, layers, panel = scene
+    z, dice = panel.plot_points()[2][0], 0.0
+    layers[3].set_region((slice(z, z + 1), slice(None), slice(None)), 0)  # the liver missed on slice z
+    qtbot.waitUntil(lambda: (z, 0.0) in panel.plot_points(), timeout=30_000)
+    view_box = panel.plot.getPlotItem().getViewBox()
+    scene_pos = view_box.mapViewToScene(QtCore.QPointF(z + 1, dice))
+    assert view_box.sceneBoundingRect().adjusted(0, 0, 0, -4).contains(scene_pos)  # inside, not on the edge
+    widget_pos = panel.plot.mapFromScene(scene_pos)
+    with qtbot.waitSignal(panel.goToSlice, timeout=2000) as blocker:
+        qtbot.mouseClick(panel.plot.viewport(), Qt.MouseButton.LeftButton, pos=widget_pos)
+    assert blocker.args == [z]
+
+
 def test_show_disagreement_emits_the_confusion_map(qtbot, scene):
     session, _study, reference, layers, panel = scene
     with qtbot.waitSignal(panel.confusionChanged) as blocker:
@@ -215,3 +231,37 @@ def test_runs_table_side_by_side(qtbot, scene):
         session.set_reference(None)
     assert blocker.args == [None]
     assert [table.row_values(r)[3:5] for r in range(2)] == [["—", "—"], ["—", "—"]]
+
+
+def test_runs_table_lists_the_active_studys_runs(qtbot, scene, liver_phantom):
+    """Runs of another open study are not mixed in (they would show "—" against this reference); "All
+    studies" lists them with a Study column."""
+    session, study, _reference, _layers, panel = scene
+    table = panel.runs_table
+    image, _labels, geometry = liver_phantom
+    other = session.add_study(
+        Study(Volume(image, geometry, VolumeMetadata(source_path="b.nii.gz")), path="b.nii.gz", name="B")
+    )
+    session.set_active_study(other)
+    qtbot.waitUntil(lambda: table.table.rowCount() == 0, timeout=5000)
+    assert table.table.isColumnHidden(COLUMNS.index("Study"))
+    table.all_studies_check.setChecked(True)
+    assert table.table.rowCount() == 2 and not table.table.isColumnHidden(COLUMNS.index("Study"))
+    assert {table.row_values(r)[COLUMNS.index("Study")] for r in range(2)} == {study.name}
+    table.all_studies_check.setChecked(False)
+    session.set_active_study(study)
+    qtbot.waitUntil(lambda: table.table.rowCount() == 2, timeout=5000)
+
+
+def test_every_metric_column_fits_the_docked_panel(qtbot, scene):
+    """At the Compare dock's usual width the metrics table shows all its columns (Ref. ml was hidden)."""
+    *_, panel = scene
+    panel.resize(350, 760)
+    QtWidgets.QApplication.processEvents()
+    metrics = panel.metrics
+    header = metrics.horizontalHeader()
+    right = max(
+        header.sectionViewportPosition(c) + header.sectionSize(c) for c in range(metrics.columnCount())
+    )
+    assert right <= metrics.viewport().width() + 1
+    assert not metrics.horizontalScrollBar().isVisible()

@@ -127,6 +127,8 @@ class SegmentPanel(QtWidgets.QWidget):
         self.last_error: str = ""
         #: what the status line says when nothing runs (the last run's outcome)
         self._idle_status = ""
+        #: the study the last run's message and "Done" bar are about (they are cleared for another study)
+        self._status_study_id: str | None = None
         self._build()
         self._connect_session()
         self._fill_engines([EngineChoice(CLASSICAL, CLASSICAL_LABEL, "classical")], CLASSICAL)
@@ -447,6 +449,12 @@ class SegmentPanel(QtWidgets.QWidget):
         self.segment_button.setEnabled(reason == "")
         self.segment_button.setToolTip(reason or "Segment the structure on the whole study in the background")
         if not self.is_running():
+            study = self.session.active_study
+            if self._status_study_id is not None and (study is None or study.id != self._status_study_id):
+                self._idle_status, self._status_study_id = "", None  # about another study: stale here
+                self.progress_bar.setRange(0, 1)
+                self.progress_bar.setValue(0)
+                self.progress_bar.setFormat("")
             self.status_label.setText(reason if reason else self._idle_status)
 
     def segment_disabled_reason(self) -> str:
@@ -622,6 +630,8 @@ class SegmentPanel(QtWidgets.QWidget):
             self.progress_bar.setValue(bar_value)
         self.progress_bar.setFormat(bar_text)
         self._idle_status = status
+        study = self.session.active_study
+        self._status_study_id = study.id if study is not None else None
         self._set_running(False)
         self.status_label.setText(status)
 

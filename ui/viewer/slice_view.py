@@ -81,6 +81,7 @@ class SliceView(QtWidgets.QWidget):
         self._brush_radius = 5.0
         self._right_drag = "window"
         self._drag: dict | None = None  # the drag in progress: kind, start/last positions, start window
+        self._hover_pos: QtCore.QPointF | None = None  # the mouse on the viewport, while it is there
         self._wheel_rest = 0
 
         self.graphics = pg.GraphicsView(background=BACKGROUND)
@@ -266,6 +267,10 @@ class SliceView(QtWidgets.QWidget):
         self._cursor = (cursor[0], cursor[1], cursor[2])
         self._show_slice()
         self.sliceChanged.emit(index)
+        if self._hover_pos is not None:  # the mouse rests on the view (wheel, keys): its voxel changed
+            voxel = self.voxel_at(self._hover_pos)
+            if voxel is not None:
+                self.cursorMoved.emit(*voxel)
 
     def step_slice(self, steps: int) -> None:
         """Move ``steps`` wheel notches (positive: towards superior / anterior / patient left)."""
@@ -417,6 +422,7 @@ class SliceView(QtWidgets.QWidget):
             return True
         if kind == QtCore.QEvent.Type.Leave:
             self.brush_cursor.setVisible(False)
+            self._hover_pos = None
         elif kind == QtCore.QEvent.Type.Resize:
             self._update_markers()
         return False
@@ -449,6 +455,7 @@ class SliceView(QtWidgets.QWidget):
 
     def _move(self, event: QtGui.QMouseEvent) -> None:
         pos = event.position()
+        self._hover_pos = QtCore.QPointF(pos)
         voxel = self.voxel_at(pos)
         if voxel is not None:
             self.cursorMoved.emit(*voxel)

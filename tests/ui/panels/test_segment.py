@@ -140,6 +140,22 @@ def test_segment_a_slice_range(qtbot, make_panel, liver_phantom):
     assert not prediction[:5].any() and not prediction[11:].any()
 
 
+def test_the_last_runs_message_is_not_shown_for_another_study(qtbot, make_panel, liver_phantom):
+    """ "liver: 6 slices in 1 s" speaks of the study it segmented: opening another study clears it."""
+    session, study = make_session(liver_phantom, supports=(8,))
+    panel = make_panel(session)
+    panel.set_slice_range(7, 9)
+    with qtbot.waitSignal(panel.runFinished, timeout=60_000):
+        panel.segment()
+    assert "liver: 3 slices" in panel.status_label.text() and panel.progress_bar.format().startswith("Done")
+    image, _labels, geometry = liver_phantom
+    other = session.add_study(Study(Volume(image, geometry, VolumeMetadata()), path="b.nii.gz", name="B"))
+    session.set_active_study(other)
+    assert "liver: 3 slices" not in panel.status_label.text() and panel.progress_bar.format() == ""
+    session.set_active_study(study)
+    assert "liver: 3 slices" not in panel.status_label.text()  # gone, not kept for when it comes back
+
+
 def test_cancel_midway_leaves_the_study_as_it_was(qtbot, make_panel, liver_phantom):
     session, study = make_session(liver_phantom, supports=(8,))
     panel = make_panel(session)

@@ -271,6 +271,17 @@ def test_hover_reports_voxel_and_places_the_brush_cursor(qtbot):
     assert rect.width() == pytest.approx(9.0) and rect.center().x() == pytest.approx(20.5)
 
 
+def test_wheel_under_a_resting_mouse_reports_the_new_voxel(qtbot):
+    """Scrolling with the wheel while the mouse rests on the view updates the voxel under it (the status
+    bar's z went stale until the mouse moved)."""
+    widget = make_view(qtbot, "axial", geo=geometry(spacing=(1.0, 1.0, 1.0)))
+    z = widget.slice_index
+    mouse(widget, QtCore.QEvent.Type.MouseMove, widget.viewport_pos(z, 20, 20), Qt.MouseButton.NoButton)
+    with qtbot.waitSignal(widget.cursorMoved) as moved:
+        wheel(widget, 1)
+    assert moved.args[0] != z and moved.args[0] == widget.slice_index and tuple(moved.args[1:]) == (20, 20)
+
+
 # ---------------------------------------------------------------------------- window/level, zoom, pan
 def test_right_drag_changes_window_and_level(qtbot):
     widget = make_view(qtbot, "axial")

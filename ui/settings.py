@@ -20,6 +20,10 @@ SETTINGS_FILE = "settings.json"
 MAX_RECENT = 10
 
 
+#: pairs the fine-tune wizard's data list remembers at most
+MAX_PAIRS = 1000
+
+
 def settings_path() -> Path:
     from sd_fsmis.paths import config_dir
 
@@ -33,11 +37,15 @@ class AppSettings:
     recent_files: list[str] = field(default_factory=list)
     last_folder: str = ""
     brush_radius: float = 5.0
+    #: the paint tool in use ("navigate", "brush", "eraser", "fill")
+    tool: str = "brush"
     overwrite_labels: bool = True
     window_geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState() (docks), base64
     layout: str = "main"
     crosshair: bool = True
+    #: the fine-tune wizard's data list: ``{"image", "label", "series_uid", "name", "origin", "validation"}``
+    fine_tune_pairs: list[dict] = field(default_factory=list)
 
     def add_recent(self, path: str | os.PathLike[str]) -> None:
         """Put ``path`` first in the recent list (no duplicates, at most :data:`MAX_RECENT`)."""
@@ -62,7 +70,16 @@ class AppSettings:
             if f.name in doc:
                 value = doc[f.name]
                 default = getattr(settings, f.name)
-                if isinstance(default, list) and isinstance(value, list):
+                if f.name == "fine_tune_pairs" and isinstance(value, list):
+                    keys = ("image", "label", "series_uid", "name", "origin", "validation")
+                    settings.fine_tune_pairs = [
+                        {k: v[k] for k in keys if k in v and isinstance(v[k], str | bool | None)}
+                        for v in value[:MAX_PAIRS]
+                        if isinstance(v, dict)
+                        and isinstance(v.get("image"), str)
+                        and isinstance(v.get("label"), str)
+                    ]
+                elif isinstance(default, list) and isinstance(value, list):
                     setattr(settings, f.name, [str(v) for v in value][:MAX_RECENT])
                 elif isinstance(default, bool) and isinstance(value, bool):
                     setattr(settings, f.name, value)

@@ -383,7 +383,46 @@ class DataPage(WizardPage):
             usable[-1].validation = True
 
     # -- the table
+    def restore_pairs(self, saved: list[dict]) -> int:
+        """Add the pairs of a data list remembered earlier (:meth:`remembered_pairs`) whose files still
+        exist, with their held-out choice; returns how many."""
+        from sd_fsmis.core.training.pairs import TrainingPair
+
+        restored = 0
+        for item in saved:
+            image, label = item.get("image"), item.get("label")
+            if not image or not label or not (Path(image).exists() and Path(label).exists()):
+                continue
+            pair = TrainingPair(image, label, series_uid=item.get("series_uid"), name=item.get("name") or "")
+            entry = PairEntry(
+                pair, origin=item.get("origin") or "files", validation=bool(item.get("validation"))
+            )
+            self._validation_touched = self._validation_touched or entry.validation
+            self._add(entry)
+            restored += 1
+        return restored
+
+    def remembered_pairs(self) -> list[dict]:
+        """The data list as the settings keep it."""
+        return [
+            {
+                "image": e.pair.image,
+                "label": e.pair.label,
+                "series_uid": e.pair.series_uid,
+                "name": e.pair.name,
+                "origin": e.origin,
+                "validation": e.validation,
+            }
+            for e in self.entries
+        ]
+
+    def _remember(self) -> None:
+        remember = getattr(self.wizard(), "remember_pairs", None)
+        if remember is not None:
+            remember(self.remembered_pairs())
+
     def _refill(self) -> None:
+        self._remember()
         self._filling = True
         try:
             self.table.setRowCount(len(self.entries))
@@ -481,6 +520,7 @@ class DataPage(WizardPage):
         if 0 <= row < len(self.entries):
             self.entries[row].validation = item.checkState() == Qt.CheckState.Checked
             self._validation_touched = True
+            self._remember()
             self._refill_classes()
             self._update_summary()
             self.completeChanged.emit()

@@ -33,6 +33,7 @@ from sd_fsmis.ui.fine_tune.model_page import BaseModelPage
 from sd_fsmis.ui.fine_tune.result_page import ResultPage
 from sd_fsmis.ui.fine_tune.settings_page import SettingsPage
 from sd_fsmis.ui.fine_tune.training_page import TrainingPage
+from sd_fsmis.ui.settings import AppSettings
 from sd_fsmis.ui.window.mask_files import wait_cursor
 from sd_fsmis.ui.workers.job_worker import JobWorker, qt_alive
 
@@ -63,9 +64,14 @@ class FineTuneWizard(QtWidgets.QWizard):
         parent: QtWidgets.QWidget | None = None,
         *,
         check_interrupted: bool = True,
+        settings: AppSettings | None = None,
+        save_settings: bool = True,
     ) -> None:
         super().__init__(parent)
         self.session = session
+        #: the application's settings: the data list is remembered there (None: not remembered)
+        self.settings = settings
+        self._save_settings = save_settings
         self.setWindowTitle("Fine-tune on my data")
         self.setWizardStyle(QtWidgets.QWizard.WizardStyle.ClassicStyle)
         self.setOption(QtWidgets.QWizard.WizardOption.NoBackButtonOnStartPage, True)
@@ -100,8 +106,21 @@ class FineTuneWizard(QtWidgets.QWizard):
             self.setPage(page_id, page)
         self.setStartId(PAGE_MODEL)
         self.model_page.refresh()
+        self._remembering = False
+        if settings is not None and settings.fine_tune_pairs:
+            self.data_page.restore_pairs(list(settings.fine_tune_pairs))
+        self._remembering = settings is not None
         if check_interrupted:
             self.look_for_interrupted_runs()
+
+    def remember_pairs(self, pairs: list[dict]) -> None:
+        """Keep the data list in the settings (saved at once): reopening the wizard shows it again."""
+        if not getattr(self, "_remembering", False) or self.settings is None:
+            return
+        if pairs != self.settings.fine_tune_pairs:
+            self.settings.fine_tune_pairs = pairs
+            if self._save_settings:
+                self.settings.save()
 
     # ------------------------------------------------------------------------------------------ state
     @property

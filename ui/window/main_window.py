@@ -117,6 +117,13 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
             self.actions_.view["docks"].addAction(dock.toggleViewAction())
         self._connect()
         self._apply_settings()
+        # tools and brush are remembered as they change (a crash must not lose them, as a clean exit does not)
+        self._settings_timer = QtCore.QTimer(self)
+        self._settings_timer.setSingleShot(True)
+        self._settings_timer.setInterval(1000)
+        self._settings_timer.timeout.connect(self._store_settings)
+        for signal in (self.paint.toolChanged, self.paint.radiusChanged, self.paint.overwriteChanged):
+            signal.connect(lambda *_: self._settings_timer.start())
         self.welcome.set_recent(self.settings.recent_files)
         self._fill_recent_menu()
 
@@ -196,6 +203,8 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
         s = self.settings
         self.paint.set_radius(s.brush_radius)
         self.paint.set_overwrite(s.overwrite_labels)
+        if s.tool in ("navigate", "brush", "eraser", "fill"):
+            self.paint.set_tool(s.tool)
         if s.layout in ("main", "row", "single"):
             self.viewer.set_layout(s.layout)
         self.viewer.set_crosshair_visible(s.crosshair)
@@ -527,6 +536,7 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
     def _store_settings(self) -> None:
         s = self.settings
         s.brush_radius = self.paint.radius
+        s.tool = self.paint.tool
         s.overwrite_labels = self.paint.overwrite
         s.layout = self.viewer.layout_mode
         s.window_geometry = bytes(self.saveGeometry().toBase64()).decode("ascii")

@@ -2,7 +2,7 @@
 following what they change (a model created, renamed, made the default, or registered by the wizard).
 
 A mix-in of :class:`~sd_fsmis.ui.window.main_window.MainWindow` (needs ``session``, ``segment_panel``,
-``status``, ``docks``, ``_fine_tune`` and ``_model_manager``).
+``status``, ``docks``, ``settings``, ``_save_settings``, ``_fine_tune`` and ``_model_manager``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class ModelsMenuMixin:
         if wizard is None or not qt_alive(wizard) or not (wizard.isVisible() or wizard.is_training()):
             if wizard is not None and qt_alive(wizard):
                 wizard.deleteLater()
-            wizard = FineTuneWizard(self.session, self)
+            wizard = FineTuneWizard(
+                self.session, self, settings=self.settings, save_settings=self._save_settings
+            )
             wizard.modelRegistered.connect(self._model_registered)
             wizard.modelsChanged.connect(self._models_changed)
             self._fine_tune = wizard

@@ -381,3 +381,30 @@ def test_main_window_models_menu_and_quitting_while_training(qtbot, tiny_base, l
     assert wizard.training_page.outcome == "cancelled"
     out = Path(wizard.plan.out)
     assert checkpoint_dirs(out) and not (out / "finished.json").exists()
+
+
+def test_the_data_list_is_there_again_when_the_wizard_is_reopened(
+    qtbot, make_wizard, chaos_label_path, tmp_path
+):
+    """The pairs, with the held-out choice, are remembered in the settings (saved at once); a pair whose
+    files are gone is left out."""
+    from sd_fsmis.ui.settings import AppSettings
+
+    settings_file = tmp_path / "settings.json"
+    settings = AppSettings()
+    first = make_wizard(settings=settings, save_settings=False)
+    images = [chaos_label_path(i).parent.parent / "images" / f"image_{i}.nii.gz" for i in (1, 2, 3)]
+    for image, i in zip(images, (1, 2, 3)):
+        first.data_page.add_pair(image, chaos_label_path(i))
+    wait_checked(qtbot, first)
+    first.data_page.set_validation(first.data_page.entries[0], True)
+    first.data_page.set_validation(first.data_page.entries[2], False)
+    settings.save(settings_file)
+    gone = tmp_path / "gone.nii.gz"
+    saved = AppSettings.load(settings_file)
+    saved.fine_tune_pairs.append({"image": str(gone), "label": str(gone), "name": "gone"})
+    second = make_wizard(settings=saved, save_settings=False)
+    wait_checked(qtbot, second)
+    entries = second.data_page.entries
+    assert [e.pair.image for e in entries] == [str(p) for p in images]
+    assert [e.validation for e in entries] == [True, False, False]

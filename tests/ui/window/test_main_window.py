@@ -696,3 +696,15 @@ def test_ctrl_q_quits_with_the_window_focused(make_window, qtbot):
     with qtbot.waitSignal(quit_action.triggered, timeout=2000):
         qtbot.keyClick(view, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
     assert not window.isVisible()
+
+
+def test_tool_and_brush_radius_are_remembered_as_they_change(make_window, qtbot):
+    """Stored within a second of a change (a crash, unlike a clean exit, stores nothing afterwards), and
+    the next window starts with them."""
+    settings = AppSettings()
+    window = make_window(settings=settings)
+    window.paint.set_tool("eraser")
+    window.paint.set_radius(11)
+    qtbot.waitUntil(lambda: settings.tool == "eraser" and settings.brush_radius == 11, timeout=3000)
+    again = make_window(settings=settings)
+    assert again.paint.tool == "eraser" and again.paint.radius == 11

@@ -217,6 +217,26 @@ class FineTunePlan:
 
 
 # -------------------------------------------------------------------------------------------- the job
+def calibrate_plan(
+    plan: FineTunePlan,
+    *,
+    timed_steps: int = 3,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+):
+    """A few real, timed steps of the plan's training on its device (the wizard's Measure button): a
+    :class:`~sd_fsmis.core.training.calibration.Calibration`. Nothing is written to the plan's run folder
+    (the manifest and the run are temporary)."""
+    import tempfile
+
+    from sd_fsmis.core.training.calibration import calibrate_training
+
+    with tempfile.TemporaryDirectory(prefix="sd-fsmis-calibration-data-") as tmp:
+        config = dataclasses.replace(plan._config(), data=str(Path(tmp) / MANIFEST_FILE))
+        write_manifest(plan.pairs, plan.class_names, config.data)
+        return calibrate_training(config, timed_steps=timed_steps, progress=progress, cancel=cancel)
+
+
 def fine_tune(
     plan: FineTunePlan,
     *,

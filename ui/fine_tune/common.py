@@ -115,6 +115,13 @@ def estimate_job(model: str, options: dict, *, progress: ProgressCallback, cance
     return estimate_training(model, **options)
 
 
+def calibrate_job(plan: Any, *, progress: ProgressCallback, cancel: CancelToken) -> Any:
+    """Job: a few real, timed training steps of ``plan`` on its device (a Calibration)."""
+    from sd_fsmis.core.training.fine_tune import calibrate_plan
+
+    return calibrate_plan(plan, progress=progress, cancel=cancel)
+
+
 class TrainingFeed:
     """Every step's loss and validation, collected in the worker thread.
 

@@ -16,13 +16,14 @@ from sd_fsmis.ui.fine_tune.common import (
     ESTIMATE_DEBOUNCE_MS,
     PRECISIONS,
     WizardPage,
+    calibrate_job,
     error_label,
     estimate_job,
     format_gib,
     partial_job,
     plural,
 )
-from sd_fsmis.ui.workers.job_worker import JobWorker, format_seconds, qt_alive
+from sd_fsmis.ui.workers.job_worker import JobWorker, qt_alive
 
 
 # ========================================================================================== 3. settings
@@ -82,6 +83,8 @@ class SettingsPage(WizardPage):
         self._out_edited = False
         #: the last estimate (ResourceEstimate) and the settings it was made for
         self.estimate: Any = None
+        #: the estimate as shown: calibrated with the last measurement when there is one
+        self.shown_estimate: Any = None
         self.estimate_error = ""
 
         def spin(low: int, high: int, value: int, suffix: str = "", tip: str = "") -> QtWidgets.QSpinBox:
@@ -193,6 +196,20 @@ class SettingsPage(WizardPage):
         self.memory_bar.setTextVisible(True)
         self.memory_bar.setFormat("")
         self.estimate_time = QtWidgets.QLabel("")
+        self.estimate_time.setWordWrap(True)
+        self.measure_button = QtWidgets.QPushButton("Measure a few steps")
+        self.measure_button.setToolTip(
+            "Run 4 real training steps on the chosen device (1 warm-up, 3 timed) with these data and "
+            "settings, to measure the time per step (and the memory, on a GPU); nothing is saved"
+        )
+        self.measure_button.clicked.connect(self.measure)
+        self.measure_status = QtWidgets.QLabel("")
+        measure_row = QtWidgets.QHBoxLayout()
+        measure_row.addWidget(self.measure_button)
+        measure_row.addWidget(self.measure_status, 1)
+        #: the last measurement of real steps for the current settings (None: not measured, or stale)
+        self.calibration: Any = None
+        self._measure_worker: JobWorker | None = None
         self.estimate_warning = QtWidgets.QLabel("")
         self.estimate_warning.setWordWrap(True)
         self.estimate_warning.setTextFormat(Qt.TextFormat.RichText)
@@ -210,6 +227,7 @@ class SettingsPage(WizardPage):
         box.addRow("Device:", self.estimate_device)
         box.addRow("Memory:", self.memory_bar)
         box.addRow("Time:", self.estimate_time)
+        box.addRow(measure_row)
         box.addRow(self.estimate_warning)
         box.addRow(suggestion_row)
 
@@ -292,8 +310,11 @@ class SettingsPage(WizardPage):
 
     # -- the estimate
     def settings_changed(self, *_: object) -> None:
-        """Any setting changed: recompute the estimate after a short pause."""
+        """Any setting changed: recompute the estimate after a short pause (a measurement is stale)."""
         self.error.setText("")
+        if self.calibration is not None:
+            self.calibration = None
+            self.measure_status.setText("settings changed: measure again")
         if self.fw() is not None and self.fw().currentPage() is self:
             self._debounce.start()
 
@@ -332,10 +353,54 @@ class SettingsPage(WizardPage):
         worker.done.connect(self._estimate_done)
         self._estimate_worker = self._start(worker)
 
+    # -- measuring real steps
+    def measuring(self) -> bool:
+        return self._measure_worker is not None and self._measure_worker.is_running()
+
+    def measure(self) -> bool:
+        """Time a few real training steps of the current plan on its device, in a worker."""
+        from sd_fsmis.core.errors import UserError
+
+        if self.measuring():
+            return False
+        try:
+            plan = self.fw().build_plan()
+        except UserError as exc:
+            self.measure_status.setText(f"cannot measure: {exc}")
+            return False
+        self.measure_status.setText("loading the model and timing 4 steps…")
+        self.measure_button.setEnabled(False)
+        worker = JobWorker(partial_job(calibrate_job, plan), name="measure training steps")
+        worker.progress.connect(lambda p: self.measure_status.setText(p.message))
+        worker.finished.connect(self._measured)
+        worker.failed.connect(self._measure_failed)
+        worker.done.connect(lambda: self.measure_button.setEnabled(True) if qt_alive(self) else None)
+        self._measure_worker = self._start(worker)
+        return True
+
+    def _measured(self, calibration: Any) -> None:
+        if not qt_alive(self):
+            return
+        self.calibration = calibration
+        self.measure_status.setText(
+            f"{calibration.seconds_per_step:.2f} s per step over {calibration.timed_steps} timed steps "
+            f"({calibration.fastest_s:.2f} to {calibration.slowest_s:.2f} s)"
+        )
+        if self.estimate is not None:
+            self._estimated(self.estimate)
+
+    def _measure_failed(self, message: str, _is_user_error: bool) -> None:
+        if qt_alive(self):
+            self.calibration = None
+            self.measure_status.setText(f"could not measure: {message}")
+
     def _estimated(self, estimate: Any) -> None:
         if not qt_alive(self):
             return
         self.estimate, self.estimate_error = estimate, ""
+        if self.calibration is not None and not getattr(estimate, "calibrated", False):
+            estimate = self.calibration.apply(estimate)
+        self.shown_estimate = estimate
         self.estimate_device.setText(str(estimate.device))
         peak, available = estimate.peak_memory_bytes, estimate.available_memory_bytes
         if available:
@@ -347,9 +412,7 @@ class SettingsPage(WizardPage):
             self.memory_bar.setFormat(f"{format_gib(peak)} (memory of this device unknown)")
         colour = "rgb(0, 150, 70)" if estimate.fits else "rgb(200, 30, 30)"
         self.memory_bar.setStyleSheet(f"QProgressBar::chunk {{ background-color: {colour}; }}")
-        per_step = f"{estimate.seconds_per_step:.2g} s per step" if estimate.seconds_per_step else ""
-        total = format_seconds(estimate.total_seconds) if estimate.total_seconds is not None else "?"
-        self.estimate_time.setText(f"about {total}" + (f" ({per_step})" if per_step else ""))
+        self.estimate_time.setText(estimate.time_text())
         suggestions = list(estimate.suggestions or [])
         if not estimate.fits:
             text = (
@@ -389,6 +452,8 @@ class SettingsPage(WizardPage):
         self._estimate_again = False
         if self._estimate_worker is not None and self._estimate_worker.is_running():
             self._estimate_worker.shutdown()
+        if self.measuring():
+            self._measure_worker.shutdown()
 
     # -- QWizardPage
     def initializePage(self) -> None:

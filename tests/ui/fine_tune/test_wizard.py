@@ -173,7 +173,16 @@ def test_wizard_end_to_end_on_chaos(
     settings.set_options(steps=4, checkpoint_every=2, **FAST)
     qtbot.waitUntil(lambda: not settings.estimate_running(), timeout=60_000)
     assert settings.estimate is not None, settings.estimate_error
-    assert settings.estimate.total_seconds > 0 and settings.estimate_time.text().startswith("about")
+    assert settings.estimate.total_seconds > 0 and "predicted, not measured" in settings.estimate_time.text()
+    # Measure: real, timed steps of this plan on its device calibrate the time, with its range
+    assert settings.measure()
+    qtbot.waitUntil(lambda: not settings.measuring(), timeout=120_000)
+    assert settings.calibration is not None, settings.measure_status.text()
+    assert (
+        "measured on the device" in settings.estimate_time.text() and " to " in settings.estimate_time.text()
+    )
+    assert settings.shown_estimate.seconds_per_step == pytest.approx(settings.calibration.seconds_per_step)
+    assert not (Path(wizard.out_folder()) / "checkpoints").exists()  # nothing of the trial is kept
     screenshot(wizard, "fine_tune_3_settings.png")
     wizard.next()  # "Start training"
     assert wizard.currentId() == PAGE_TRAINING

@@ -252,7 +252,7 @@ def run_rename(args: argparse.Namespace) -> int:
 
 def run_default(args: argparse.Namespace) -> int:
     from sd_fsmis.core.errors import UserError
-    from sd_fsmis.core.model.store import default_model_name, resolve_model, set_default_model
+    from sd_fsmis.core.model.store import default_model_name, set_default_model
 
     if args.clear and args.name:
         raise UserError("give a NAME to choose the default model, or --clear to forget the choice")
@@ -268,12 +268,7 @@ def run_default(args: argparse.Namespace) -> int:
     if chosen is not None:
         print(chosen)
         return 0
-    try:
-        newest = resolve_model(None).name
-    except UserError:
-        print("no default model (no model installed)")
-        return 0
-    print(f"{newest} (not chosen: the newest model)")
+    print("no default model chosen: the built-in engine is used (sd-fsmis models default NAME chooses one)")
     return 0
 
 

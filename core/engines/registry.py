@@ -71,7 +71,7 @@ def default_engine_name() -> str:
     """The store's default model when there is one, else ``"classical"``.
 
     That is the model the user chose as the default (``sd-fsmis models default NAME``) while it is valid,
-    else the store's most recent valid model (see ``sd_fsmis.core.model.store.resolve_model``).
+    and never a model merely because it is the newest (see ``sd_fsmis.core.model.store.resolve_model``).
     """
     store = _store()
     if store is not None:
@@ -135,6 +135,9 @@ def _stored_models() -> list[EngineChoice]:
             continue
         detail = getattr(info, "description", "") or getattr(info, "kind", "")
         title = f"{info.name} (default)" if getattr(info, "is_default", False) else str(info.name)
+        note = getattr(info, "quality_note", "")
+        if note:  # an untrained or poorly validated model says so wherever it is offered
+            title = f"{title} [{note}]"
         label = f"{title} — {detail}" if detail else title
         out.append(EngineChoice(str(info.name), label, "model", str(info.path)))
     return out

@@ -1,11 +1,12 @@
 """The model store: one model folder per name in the app's models folder (``models_dir()``).
 
 The folders' format is :mod:`sd_fsmis.core.model.folder`. The store holds one folder per model name, plus
-``.default.json`` naming the model the user chose as the default (:func:`set_default_model`; otherwise the
-newest valid model is the default). Models come in by :func:`import_model_folder` /
-:func:`register_trained_model` (copied through a temporary ``.importing-*`` folder renamed into place),
-change name by :func:`rename_model` and leave by :func:`remove_model`; folders whose names start with ``.``
-are never listed.
+``.default.json`` naming the model the user chose as the default (:func:`set_default_model`). Only that
+explicit choice makes a model the default: without one, the application and ``sd-fsmis segment`` use the
+built-in engine (a model imported or trained is never taken because it is the newest). Models come in by
+:func:`import_model_folder` / :func:`register_trained_model` (copied through a temporary ``.importing-*``
+folder renamed into place), change name by :func:`rename_model` and leave by :func:`remove_model`; folders
+whose names start with ``.`` are never listed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 # -- the store ----------------------------------------------------------------------------------------------
+#: a trained model whose validation Dice is below this is marked "poorly validated" where it is offered
+POOR_VALIDATION_DICE = 0.5
+
+
 @dataclass
 class ModelInfo:
     """One model as ``sd-fsmis models list/info`` shows it."""
@@ -72,6 +77,18 @@ class ModelInfo:
     def trained_classes(self) -> list[str]:
         """The classes the model was trained on (its config's ``classes``)."""
         return self.classes
+
+    @property
+    def quality_note(self) -> str:
+        """What a person should know before choosing it: "untrained (random weights)", "untrained (not
+        fine-tuned for segmentation)", "poorly validated (Dice 0.05)", or "" for a validated model."""
+        if not self.classes:
+            if "preset" in self.base_models or self.base.startswith("preset"):
+                return "untrained (random weights)"
+            return "untrained (not fine-tuned for segmentation)"
+        if self.validation_dice is not None and self.validation_dice < POOR_VALIDATION_DICE:
+            return f"poorly validated (Dice {self.validation_dice:.2f})"
+        return ""
 
     def to_dict(self, with_config: bool = False) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -207,20 +224,21 @@ def _looks_like_path(text: str) -> bool:
 def resolve_model(name_or_dir: str | os.PathLike[str] | None, *, must_be_valid: bool = True) -> Path:
     """The folder of a model given by folder path or store name; None picks the store's default.
 
-    The default is the model chosen with :func:`set_default_model` when it is still there and valid, else
-    the most recently created valid model of the store. A name that is neither an existing folder nor in the
-    store raises a ModelError saying so.
+    The default is the model chosen with :func:`set_default_model` while it is there and valid; there is no
+    other (ModelError: no model installed, or none chosen). A name that is neither an existing folder nor in
+    the store raises a ModelError saying so.
     """
     if name_or_dir is None or str(name_or_dir) == "":
         chosen = default_model_name()
         if chosen is not None:
             return (models_dir() / chosen).resolve()
-        candidates = [m for m in list_models() if m.valid]
-        if not candidates:
+        if not any(m.valid for m in list_models()):
             raise ModelError(
                 "no model installed: create one with 'sd-fsmis models create' (or pass --model DIR)"
             )
-        return Path(max(candidates, key=lambda m: (m.created, m.name)).path)
+        raise ModelError(
+            "no default model chosen: pass --model NAME, or choose one with 'sd-fsmis models default NAME'"
+        )
     text = str(name_or_dir)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -292,7 +310,7 @@ def default_model_name() -> str | None:
     try:
         validate_model_folder(models_dir() / name)
     except ModelError as exc:
-        log.warning("the default model '%s' is not usable (%s); using the newest model", name, exc)
+        log.warning("the default model '%s' is not usable (%s); using the built-in engine", name, exc)
         return None
     return name
 
@@ -300,7 +318,7 @@ def default_model_name() -> str | None:
 def set_default_model(name: str | None) -> None:
     """Make the store model ``name`` the default (ModelError unless it is a valid store model).
 
-    ``None`` clears the choice (the newest valid model is then the default)."""
+    ``None`` clears the choice (the built-in engine is then used by default)."""
     if name is None:
         _write_default_pointer(None)
         return

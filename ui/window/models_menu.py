@@ -69,17 +69,26 @@ class ModelsMenuMixin:
             self.segment_panel.refresh_models()
 
     def _model_registered(self, name: str) -> None:
-        """A fine-tuned model is in the store: the Segment panel offers it, chosen, at once."""
+        """A fine-tuned model is in the store: the Segment panel offers it, and chooses it only when the
+        person made it the default (only an explicit choice changes the engine)."""
+        from sd_fsmis.core.model.store import default_model_name
+
         panel = self.segment_panel
         if panel is None or not qt_alive(panel):
             return
+        chosen = default_model_name() == name
 
         def choose() -> None:
             panel.modelsListed.disconnect(choose)
             panel.select_engine(name)
 
-        panel.modelsListed.connect(choose)
+        if chosen:
+            panel.modelsListed.connect(choose)
         panel.refresh_models()
-        self.status.showMessage(f"Model '{name}' registered: choose it in the Segment panel", 10_000)
+        self.status.showMessage(
+            f"Model '{name}' registered"
+            + (" and chosen (the default)" if chosen else ": choose it in the Segment panel to use it"),
+            10_000,
+        )
         if "Segment" in self.docks:
             self.docks["Segment"].raise_()

@@ -87,5 +87,8 @@ def test_missing_cuda_is_a_one_line_error_with_exit_code_2(capsys):
 def test_check_runs_the_model_on_the_cpu(capsys):
     assert main(["models", "create", "--preset", "tiny", "--name", "tiny-check"]) == 0
     capsys.readouterr()
+    assert main(["models", "check", "--device", "cpu"]) == 2  # no default chosen: say so, take none
+    assert "no default model chosen" in capsys.readouterr().err
+    assert main(["models", "default", "tiny-check"]) == 0
     assert main(["models", "check", "--device", "cpu"]) == 0  # the store's default model
     assert "tiny-check on CPU (float32): 8 slices" in capsys.readouterr().out

@@ -103,7 +103,8 @@ def test_a_foreign_config_is_not_a_model(tmp_path):
 def test_resolve_list_and_remove(stored_tiny, tmp_path):
     assert resolve_model("tiny-a") == stored_tiny
     assert resolve_model(str(stored_tiny)) == stored_tiny
-    assert resolve_model(None) == stored_tiny  # the only (latest) model of the store
+    with pytest.raises(ModelError, match="no default model chosen"):  # never the newest by itself
+        resolve_model(None)
     with pytest.raises(ModelError, match="no model named 'nope'"):
         resolve_model("nope")
     with pytest.raises(ModelError, match="model folder not found"):

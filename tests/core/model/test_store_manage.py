@@ -36,7 +36,11 @@ def test_default_model_is_chosen_followed_and_cleared():
     create_preset_model(name="alpha", seed=1)
     create_preset_model(name="beta", seed=2)
     assert default_model_name() is None
-    assert resolve_model(None).name == "beta"  # nothing chosen: the newest (ties by name)
+    with pytest.raises(ModelError, match="no default model chosen"):  # nothing chosen: not the newest
+        resolve_model(None)
+    assert default_engine_name() not in ("alpha", "beta")  # the built-in engine
+    labels = {c.name: c.label for c in available_engines() if c.kind == "model"}
+    assert "[untrained (random weights)]" in labels["alpha"]  # marked wherever it is offered
 
     set_default_model("alpha")
     assert default_model_name() == "alpha"
@@ -46,7 +50,7 @@ def test_default_model_is_chosen_followed_and_cleared():
     assert flags == {"alpha": True, "beta": False}
     assert model_info("alpha").is_default and not model_info("beta").is_default
     labels = {c.name: c.label for c in available_engines() if c.kind == "model"}
-    assert labels["alpha"].startswith("alpha (default) — ") and "(default)" not in labels["beta"]
+    assert labels["alpha"].startswith("alpha (default) [") and "(default)" not in labels["beta"]
 
     with pytest.raises(ModelError, match="no model named 'gamma'"):
         set_default_model("gamma")
@@ -54,11 +58,11 @@ def test_default_model_is_chosen_followed_and_cleared():
         set_default_model("./alpha")
     assert default_model_name() == "alpha"
 
-    # a default that breaks is ignored (the newest valid model is used), not an error
+    # a default that breaks is ignored (the built-in engine is used), not an error
     (models_dir() / "alpha" / "mapper" / "diffusion_pytorch_model.safetensors").rename(
         models_dir() / "alpha" / "mapper" / "moved.safetensors"
     )
-    assert default_model_name() is None and resolve_model(None).name == "beta"
+    assert default_model_name() is None and default_engine_name() not in ("alpha", "beta")
     (models_dir() / "alpha" / "mapper" / "moved.safetensors").rename(
         models_dir() / "alpha" / "mapper" / "diffusion_pytorch_model.safetensors"
     )
@@ -66,10 +70,10 @@ def test_default_model_is_chosen_followed_and_cleared():
 
     remove_model("alpha")
     assert default_model_name() is None and not (models_dir() / store.DEFAULT_FILE).exists()
-    assert resolve_model(None).name == "beta"
     set_default_model("beta")
+    assert resolve_model(None).name == "beta"
     set_default_model(None)
-    assert default_model_name() is None and resolve_model(None).name == "beta"
+    assert default_model_name() is None and default_engine_name() != "beta"
 
 
 def test_rename_moves_the_folder_and_updates_name_and_default():

@@ -75,6 +75,14 @@ class PropagationSettings:
     stop_area_fraction: float = 0.1
     #: beyond the painted slices, a slice whose area grows past this factor is cut to the previous footprint
     max_growth: float = 1.2
+    #: with two or more painted slices, beyond the outermost ones, stop where the structure merges into
+    #: look-alike tissue: where the regions that look like it (appearance log ratio > 0) and touch it grow
+    #: past this factor times what they were on the painted slice (a neighbouring organ entering the
+    #: footprint, such as the spleen above a kidney's pole); 0: off. The painted slices then bracket the
+    #: structure (a person paints top, middle, bottom), so beyond them it can only taper; with a single
+    #: painted slice the chains still cross the body of the structure, where it may touch look-alike
+    #: tissue for a slice or two, and only the area rule applies.
+    max_spread: float = 2.0
     #: a fitted region smaller than this (mm^2) is nothing
     min_area_mm2: float = 20.0
     #: keep only the 3-D connected parts that reach a painted (or seed) slice
@@ -189,10 +197,11 @@ class PropagationEngine:
         for a, b in itertools.pairwise(order):
             if b - a > 1 and not (b < lo or a > hi):
                 chains.append(lambda stop, a=a, b=b: context.between(a, seeds[a], b, seeds[b], stop))
+        bracketed = len(order) >= 2
         if order[0] > lo:
-            chains.append(lambda stop: context.beyond(order[0], seeds[order[0]], -1, lo, stop))
+            chains.append(lambda stop: context.beyond(order[0], seeds[order[0]], -1, lo, stop, bracketed))
         if order[-1] < hi:
-            chains.append(lambda stop: context.beyond(order[-1], seeds[order[-1]], +1, hi, stop))
+            chains.append(lambda stop: context.beyond(order[-1], seeds[order[-1]], +1, hi, stop, bracketed))
         # Longest chains first: they bound the wall time.
         out: dict[int, np.ndarray] = {z: seeds[z] for z in order}
         done = {z for z in order if z in wanted}
@@ -274,6 +283,18 @@ class _Context:
     def distance(self, mask: np.ndarray) -> np.ndarray:
         return signed_distance(mask, self.spacing_yx)
 
+    def spread(self, z: int, mask: np.ndarray) -> float:
+        """Area of the look-alike regions (appearance log ratio > 0) that touch ``mask`` on slice ``z``, over
+        the area of ``mask``: about 1 for a structure set apart from its surroundings, more where it touches
+        tissue that looks the same."""
+        ratio = self.log_ratio(z)
+        if ratio is None or not mask.any():
+            return 1.0
+        labels, _ = ndimage.label(ratio > 0)
+        touched = np.unique(labels[mask])
+        touched = touched[touched > 0]
+        return float(np.isin(labels, touched).sum()) / float(mask.sum())
+
     def between(
         self, a: int, mask_a: np.ndarray, b: int, mask_b: np.ndarray, stop: Callable[[], bool]
     ) -> Iterator[tuple[int, np.ndarray]]:
@@ -304,13 +325,22 @@ class _Context:
             yield z, self.fit(z, prior, fit)
 
     def beyond(
-        self, start: int, mask: np.ndarray, step: int, last: int, stop: Callable[[], bool]
+        self,
+        start: int,
+        mask: np.ndarray,
+        step: int,
+        last: int,
+        stop: Callable[[], bool],
+        bracketed: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Outward from the outermost seed ``start`` (``step`` -1 or +1) up to slice ``last``, while the image
-        supports the structure."""
+        supports the structure; ``bracketed``: there are seeds on both sides of the structure's body (the
+        look-alike spread rule applies)."""
         fit = self.settings.beyond
         pixel_mm2 = self.spacing_yx[0] * self.spacing_yx[1]
         painted_area = float(mask.sum())
+        check_spread = bracketed and self.settings.max_spread > 0
+        spread_limit = self.settings.max_spread * max(1.0, self.spread(start, mask)) if check_spread else 0.0
         previous = mask
         z = start + step
         while (z >= last if step < 0 else z <= last) and 0 <= z < self.query.shape[0]:
@@ -324,6 +354,9 @@ class _Context:
                 return
             if area < self.settings.stop_area_fraction * painted_area:
                 log.debug("structure ends after slice %d (area %.0f of %.0f)", z - step, area, painted_area)
+                return
+            if check_spread and self.spread(z, current) > spread_limit:
+                log.debug("structure ends after slice %d (it merges into look-alike tissue)", z - step)
                 return
             if area > self.settings.max_growth * float(previous.sum()):
                 current = current & (prior < 0)

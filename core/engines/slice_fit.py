@@ -11,7 +11,6 @@ is cleaned (opening, holes filled) and only the parts that overlap the prior's i
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +37,8 @@ class FitSettings:
     seed_log_odds: float = 3.0
     #: the random walker's edge sensitivity (scikit-image's ``beta``, the image standardised in the ROI)
     beta: float = 130.0
+    #: scikit-image's solver: "cg_j" (conjugate gradient, Jacobi preconditioner) or "bf" (direct)
+    solver: str = "bf"
     #: use the appearance model (False: the prior alone, an ablation)
     appearance: bool = True
 
@@ -103,9 +104,10 @@ def _random_walker(
         return region
     data = ndimage.gaussian_filter(np.asarray(image[box], dtype=np.float64), 0.5)
     data = (data - data.mean()) / (data.std() + 1e-6)
-    with warnings.catch_warnings():  # "probability range outside [0, 1]" by a hair: harmless here
-        warnings.simplefilter("ignore", UserWarning)
-        walk = random_walker(data, seeds, beta=settings.beta, mode="cg_j", tol=1e-3, return_full_prob=True)
+    # prob_tol: the conjugate gradient's probabilities may leave [0, 1] by a hair; only > 0.5 matters here
+    walk = random_walker(
+        data, seeds, beta=settings.beta, mode=settings.solver, tol=1e-3, prob_tol=0.5, return_full_prob=True
+    )
     probability = walk[0]
     out = np.zeros_like(region)
     out[box] = probability > 0.5

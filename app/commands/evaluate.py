@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         metavar="NAME|DIR",
-        help="model name in the store, a model folder, or 'classical'",
+        help="model name in the store, a model folder, or a built-in engine ('propagation', 'classical')",
     )
     p.add_argument(
         "--data",

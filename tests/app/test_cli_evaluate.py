@@ -154,5 +154,5 @@ def test_clinical_protocol_scores_the_whole_volume(data_dir, capsys):
         assert len(painted) == 3 and all(sid == row["query_id"] for sid, _ in row["support_slices"])
         assert row["slices"] == [z for z in range(8) if z not in painted]  # every other slice is scored
         assert 0 < row["dice"] <= 1
-    assert main(["evaluate", *args, "--no-distances"]) == 0
+    assert main(["evaluate", *args, "--no-distances", "--threads", "1"]) == 0
     assert "| propagation (CLINICAL, 1-shot) |" in capsys.readouterr().out

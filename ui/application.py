@@ -2,9 +2,9 @@
 
 ``sd-fsmis`` opens the window (and the paths given); ``--demo`` opens the generated demo study;
 ``--self-test`` opens the window offscreen, segments the demo study through the Segment panel's worker
-twice — with the classical engine (Dice against the demo's reference must pass a threshold) and with a
-tiny SD-FSMIS model built in memory with random weights (the run must finish with a well-formed result) —
-and prints one line (exit code 0 when it passed). The frozen bundle's build runs it.
+twice — with the built-in propagation engine (Dice against the demo's reference must pass a threshold) and
+with a tiny SD-FSMIS model built in memory with random weights (the run must finish with a well-formed
+result) — and prints one line (exit code 0 when it passed). The frozen bundle's build runs it.
 
 Start-up timing: with ``SD_FSMIS_STARTUP_REPORT=1`` the application prints
 ``window shown after X.XX s`` (from the start of the process) once the main window is on screen, and quits.

@@ -2,9 +2,9 @@
 
 ``sd-fsmis`` opens the window (and the paths given); ``--demo`` opens the generated demo study;
 ``--self-test`` opens the window offscreen, segments the demo study through the Segment panel's worker
-twice — with the classical engine (Dice against the demo's reference must pass a threshold) and with a
-tiny SD-FSMIS model built in memory with random weights (the run must finish with a well-formed result) —
-and prints one line (exit code 0 when it passed). The frozen bundle's build runs it.
+twice — with the built-in propagation engine (Dice against the demo's reference must pass a threshold) and
+with a tiny SD-FSMIS model built in memory with random weights (the run must finish with a well-formed
+result) — and prints one line (exit code 0 when it passed). The frozen bundle's build runs it.
 
 Start-up timing: with ``SD_FSMIS_STARTUP_REPORT=1`` the application prints
 ``window shown after X.XX s`` (from the start of the process) once the main window is on screen, and quits.
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 SELF_TEST_MIN_DICE = 0.5
 #: what the self-test segments the demo with (tests may run one part only)
 SELF_TEST_ENGINES = ("classical", "model")
+#: the built-in engine of the self-test's first part (the default without a model)
+SELF_TEST_BUILTIN = "propagation"
 #: environment variable: print the time from process start to the window shown, then quit
 STARTUP_REPORT_ENV = "SD_FSMIS_STARTUP_REPORT"
 ICON_NAME = "sd-fsmis-256.png"
@@ -357,10 +359,11 @@ def _segment_with_panel(window, slices: tuple[int, int], timeout_s: float, what:
 
 
 def _self_test_classical(window, first: int, last: int, timeout_s: float) -> str:
-    """Segment slices ``first``..``last`` with the classical engine; its Dice must pass the threshold."""
+    """Segment slices ``first``..``last`` with the built-in default engine (no model); its Dice must pass
+    the threshold."""
     panel = window.segment_panel
-    if not panel.select_engine("classical"):
-        raise SelfTestError("the classical engine is not offered by the Segment panel")
+    if not panel.select_engine(SELF_TEST_BUILTIN):
+        raise SelfTestError(f"the {SELF_TEST_BUILTIN} engine is not offered by the Segment panel")
     run, result = _segment_with_panel(window, (first, last), timeout_s, "the segmentation")
     voxels = int((result.array > 0).sum())
     if voxels == 0:
@@ -368,8 +371,8 @@ def _self_test_classical(window, first: int, last: int, timeout_s: float) -> str
     if run.dice is None or run.dice <= SELF_TEST_MIN_DICE:
         raise SelfTestError(f"Dice {run.dice} vs the demo reference is not above {SELF_TEST_MIN_DICE}")
     return (
-        f"slices {first + 1}-{last + 1} segmented with the classical engine ({run.k}-shot, {voxels} voxels), "
-        f"liver Dice {run.dice:.3f} vs the reference"
+        f"slices {first + 1}-{last + 1} segmented with the built-in {SELF_TEST_BUILTIN} engine "
+        f"({run.k}-shot, {voxels} voxels), liver Dice {run.dice:.3f} vs the reference"
     )
 
 
@@ -397,7 +400,7 @@ def _self_test_model(window, label: int, slices: tuple[int, int], timeout_s: flo
         )
     finally:
         unregister_tiny_engine(name)
-        panel.select_engine("classical")
+        panel.select_engine(SELF_TEST_BUILTIN)
     if result is None or tuple(result.array.shape) != study_shape:
         shape = None if result is None else result.array.shape
         raise SelfTestError(f"the model's result has the shape {shape}, not the study's {study_shape}")

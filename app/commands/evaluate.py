@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         metavar="NAME|DIR",
-        help="model name in the store, a model folder, or 'classical'",
+        help="model name in the store, a model folder, or a built-in engine ('propagation', 'classical')",
     )
     p.add_argument(
         "--data",
@@ -74,6 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument(
         "--batch-size", type=int, default=None, metavar="N", help="query slices per batch (models)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="built-in engines: threads working at once (default: 2, or 1 on one core); 1 is the reference "
+        "mode for evaluation (the propagation engine gives the same result for any number)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     p.add_argument("--out", metavar="FILE.json", help="also write the report as JSON to this file")
@@ -128,10 +136,14 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluationError("--shots must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise EvaluationError("--threads must be at least 1")
     if args.out and not str(args.out).lower().endswith(".json"):
         raise EvaluationError(f"--out {args.out}: the report is JSON; use a name ending in .json")
     dataset = FewShotDataset.open(args.data)
     engine = load_engine(args.model, device=args.device, batch_size=args.batch_size)
+    if args.threads is not None and hasattr(engine, "workers"):
+        engine.workers = args.threads  # the built-in engines' thread pool
     with progress_bar(f"evaluate {args.protocol.upper()} ({engine.name})") as progress:
         report = evaluate(
             dataset,

@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         default=None,
         metavar="NAME|DIR",
-        help="model name in the store, a model folder, or 'classical' (default: the store's default model, "
-        "else 'classical')",
+        help="model name in the store, a model folder, or a built-in engine: 'propagation' (follows the "
+        "painted slices through the volume and stops where the structure ends) or 'classical' (registration) "
+        "(default: the store's default model, else 'propagation')",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="query slices per batch")

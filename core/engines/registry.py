@@ -1,7 +1,10 @@
-"""Which segmentation engines exist, and loading one by name: the classical baseline and the stored models.
+"""Which segmentation engines exist, and loading one by name: the built-in engines and the stored models.
 
-``classical`` is always available (SimpleITK only). Everything else is an SD-FSMIS model, loaded through
-:mod:`sd_fsmis.core.model` only when asked for, so that choosing ``classical`` never imports torch.
+The built-in engines are always available and need no model: ``propagation`` (the default until a model is
+installed: painted slices followed through the volume, fitted to the image, stopped where the structure
+ends) and ``classical`` (slice-to-slice registration, the older baseline). Everything else is an SD-FSMIS
+model, loaded through :mod:`sd_fsmis.core.model` only when asked for, so that choosing a built-in engine
+never imports torch.
 """
 
 from __future__ import annotations
@@ -16,11 +19,20 @@ from pathlib import Path
 
 from sd_fsmis.core.engines.base import SegmentationEngine
 from sd_fsmis.core.engines.classical import ENGINE_NAME as CLASSICAL
+from sd_fsmis.core.engines.propagation import ENGINE_LABEL as PROPAGATION_LABEL
+from sd_fsmis.core.engines.propagation import ENGINE_NAME as PROPAGATION
 from sd_fsmis.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 CLASSICAL_LABEL = "Classical (registration) — no model needed"
+#: the engines that need no model, in menu order: the first is the default without a model
+BUILTIN_ENGINES = (PROPAGATION, CLASSICAL)
+
+
+def is_builtin(name: str) -> bool:
+    """True for an engine that needs no model ("propagation", "classical"): CPU only, no device choice."""
+    return str(name).strip().lower() in BUILTIN_ENGINES
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class EngineChoice:
 
     name: str
     label: str
-    #: "classical" or "model"
+    #: "classical" (a built-in engine, no model) or "model"
     kind: str
     #: a model's folder, when it has one
     path: str | None = None
@@ -46,7 +58,7 @@ def register_engine(name: str, factory: Callable[[], SegmentationEngine], label:
     ``factory`` is called by :func:`load_engine` in the job's thread each time the engine is chosen.
     """
     key = str(name).strip()
-    if not key or key.lower() == CLASSICAL:
+    if not key or is_builtin(key):
         raise ValueError(f"cannot register an engine called {name!r}")
     with _registered_lock:
         _registered[key] = (label or key, factory)
@@ -59,8 +71,11 @@ def unregister_engine(name: str) -> None:
 
 
 def available_engines() -> list[EngineChoice]:
-    """The classical engine first, then engines registered in this process, then the store's models."""
-    choices = [EngineChoice(CLASSICAL, CLASSICAL_LABEL, "classical")]
+    """The built-in engines first, then engines registered in this process, then the store's models."""
+    choices = [
+        EngineChoice(PROPAGATION, PROPAGATION_LABEL, "classical"),
+        EngineChoice(CLASSICAL, CLASSICAL_LABEL, "classical"),
+    ]
     with _registered_lock:
         choices.extend(EngineChoice(name, label, "model") for name, (label, _) in _registered.items())
     choices.extend(_stored_models())
@@ -68,7 +83,7 @@ def available_engines() -> list[EngineChoice]:
 
 
 def default_engine_name() -> str:
-    """The store's default model when there is one, else ``"classical"``.
+    """The store's default model when there is one, else the built-in ``"propagation"`` engine.
 
     That is the model the user chose as the default (``sd-fsmis models default NAME``) while it is valid,
     and never a model merely because it is the newest (see ``sd_fsmis.core.model.store.resolve_model``).
@@ -81,18 +96,23 @@ def default_engine_name() -> str:
             pass  # no model installed
         except Exception as exc:  # a broken store must not stop a segmentation
             log.warning("model store: no default model (%s)", exc)
-    return CLASSICAL
+    return PROPAGATION
 
 
 def load_engine(
     name_or_dir: str, *, device: str = "auto", batch_size: int | None = None, precision: str | None = None
 ) -> SegmentationEngine:
-    """The engine called ``name_or_dir``: ``"classical"``, or a model's name in the store or its folder.
+    """The engine called ``name_or_dir``: ``"propagation"``, ``"classical"``, or a model's name in the store
+    or its folder.
 
     ``precision``: "fp32", "bf16" or "fp16" for a model (None: bf16/fp16 on CUDA, fp32 elsewhere).
 
     Raises :class:`ModelError` when the model cannot be found or the model package is not installed.
     """
+    if str(name_or_dir).strip().lower() == PROPAGATION:
+        from sd_fsmis.core.engines.propagation import PropagationEngine
+
+        return PropagationEngine()
     if str(name_or_dir).strip().lower() == CLASSICAL:
         from sd_fsmis.core.engines.classical import ClassicalEngine
 
@@ -111,7 +131,7 @@ def load_engine(
         if exc.name and exc.name.startswith("sd_fsmis"):
             raise ModelError(
                 f"cannot load model {name_or_dir!r}: the SD-FSMIS model is not part of this installation "
-                f"(use --model {CLASSICAL})"
+                f"(use --model {PROPAGATION})"
             ) from None
         raise ModelError(f"cannot load model {name_or_dir!r}: {exc.name} is not installed") from None
     return engine_module.SDFSMISEngine.from_pretrained(
@@ -126,7 +146,7 @@ def _stored_models() -> list[EngineChoice]:
         return []
     try:
         models = store.list_models()
-    except Exception as exc:  # a broken store must not hide the classical engine
+    except Exception as exc:  # a broken store must not hide the built-in engines
         log.warning("model store not readable: %s", exc)
         return []
     out = []

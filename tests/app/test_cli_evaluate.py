@@ -139,3 +139,20 @@ def test_study_protocol_takes_the_supports_from_each_volume(data_dir, capsys):
 def test_ids_need_the_study_protocol(data_dir, capsys):
     assert main(["evaluate", "--model", "classical", "--data", str(data_dir), "--ids", "4"]) == 2
     assert "--protocol study" in _error_line(capsys)
+
+
+def test_clinical_protocol_scores_the_whole_volume(data_dir, capsys):
+    """The application's workflow measured over the whole volume, with the default built-in engine."""
+    args = ["--model", "propagation", "--data", str(data_dir), "--protocol", "clinical", "--ids", "4,8"]
+    code = main(["evaluate", *args, "--shots", "3", "--labels", "1", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["protocol"] == "clinical" and printed["shots"] == 3
+    assert printed["engine"]["name"] == "propagation"
+    for row in printed["queries"]:
+        painted = [z for _, z in row["support_slices"]]
+        assert len(painted) == 3 and all(sid == row["query_id"] for sid, _ in row["support_slices"])
+        assert row["slices"] == [z for z in range(8) if z not in painted]  # every other slice is scored
+        assert 0 < row["dice"] <= 1
+    assert main(["evaluate", *args, "--no-distances", "--threads", "1"]) == 0
+    assert "| propagation (CLINICAL, 1-shot) |" in capsys.readouterr().out

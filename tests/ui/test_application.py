@@ -106,8 +106,8 @@ def test_self_test_passes_through_the_command_line(qapp, demo_cache, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0, out
     assert len(out) == 1 and out[0].startswith("self-test passed") and "Dice" in out[0]
-    # both engines ran: the classical one (Dice checked) and the tiny SD-FSMIS model built in memory
-    assert "classical engine" in out[0] and "tiny SD-FSMIS model built in memory" in out[0]
+    # both engines ran: the built-in default (Dice checked) and the tiny SD-FSMIS model built in memory
+    assert "propagation engine" in out[0] and "tiny SD-FSMIS model built in memory" in out[0]
     assert "CPU, float32" in out[0]
     from sd_fsmis.core.engines.registry import available_engines
     from sd_fsmis.core.model.in_memory import SELF_TEST_ENGINE
@@ -122,7 +122,7 @@ def test_self_test_fails_when_the_model_cannot_run(qapp, demo_cache, monkeypatch
         raise RuntimeError("no torch in this bundle")
 
     monkeypatch.setattr(in_memory, "build_tiny_engine", broken)
-    monkeypatch.setattr(application, "SELF_TEST_ENGINES", ("model",))  # the classical part is tested above
+    monkeypatch.setattr(application, "SELF_TEST_ENGINES", ("model",))  # the built-in part is tested above
     out = io.StringIO()
     assert application.run_self_test(out=out) == 1
     text = out.getvalue()

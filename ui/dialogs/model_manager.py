@@ -281,7 +281,7 @@ class ModelManagerDialog(QtWidgets.QDialog):
             self.summary_label.setText(
                 "<b>No models yet.</b> Create a base model from Stable Diffusion 1.5 + DINOv2 (then "
                 "fine-tune it), import a trained one, or create a tiny test model to try the application. "
-                "Without a model, the <i>Classical (registration)</i> engine segments out of the box."
+                "Without a model, the built-in <i>Propagation</i> engine segments out of the box."
             )
             return
         n = len(self.models)

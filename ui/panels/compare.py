@@ -5,7 +5,9 @@ the prediction (a layer, or a run in the runs table). The panel shows 3-D Dice, 
 volumes in ml per structure (:func:`~sd_fsmis.core.evaluation.metrics.compare_label_maps`, in a worker:
 surface distances take a while on big volumes), a plot of Dice per slice (click a point: ``goToSlice(z)``)
 and, with "Show disagreement", the true positive / false positive / false negative map for the viewer
-(``confusionChanged(array | None)``, :func:`~sd_fsmis.core.evaluation.metrics.confusion_overlay`).
+(``confusionChanged(array | None)``, :func:`~sd_fsmis.core.evaluation.metrics.confusion_overlay`). The plot
+shades the reference's slice range and marks in the false-positive colour every slice predicted beyond its
+ends (a structure carried past where it stops); click one to see the extra voxels in the disagreement map.
 
 Structures are matched by name: a prediction's "liver" (value 1) is compared with the reference's "liver"
 whatever its value; a prediction with one structure and a reference with one compare those two.
@@ -57,6 +59,19 @@ LEGEND = (
     (FALSE_NEGATIVE, "missed (FN)", "false negative: in the reference only"),
 )
 EDIT_DELAY_MS = 800  # recompute this long after the last edit of the prediction or reference
+
+
+def beyond_reference(pred: np.ndarray, ref: np.ndarray) -> tuple[tuple[int, int] | None, list[int]]:
+    """``((first, last) slice of the reference or None, [slices predicted beyond those ends])``, 0-based.
+
+    With an empty reference every predicted slice is "beyond".
+    """
+    pred_z = np.flatnonzero(pred.reshape(pred.shape[0], -1).any(axis=1))
+    ref_z = np.flatnonzero(ref.reshape(ref.shape[0], -1).any(axis=1))
+    if ref_z.size == 0:
+        return None, [int(z) for z in pred_z]
+    first, last = int(ref_z[0]), int(ref_z[-1])
+    return (first, last), [int(z) for z in pred_z if z < first or z > last]
 
 
 def label_pairs(pred: LabelMap, ref: LabelMap) -> list[tuple[int, int]]:
@@ -202,9 +217,30 @@ class ComparePanel(QtWidgets.QWidget):
             tip=lambda x, y, data: f"slice {int(x)}: Dice {y:.3f}",
         )
         self.scatter.sigClicked.connect(self._points_clicked)
+        self.beyond_scatter = pg.ScatterPlotItem(
+            size=13,
+            symbol="t",
+            pen=pg.mkPen(None),
+            brush=pg.mkBrush(*FALSE_POSITIVE),
+            hoverable=True,
+            hoverSize=13,
+            tip=lambda x, y, data: f"slice {int(x)}: predicted beyond the reference's ends (false positive)",
+        )
+        self.beyond_scatter.sigClicked.connect(self._points_clicked)
+        self.beyond_scatter.setZValue(5)  # above the Dice points (0 there)
+        self.reference_span = pg.LinearRegionItem(
+            movable=False, brush=pg.mkBrush(0, 158, 115, 28), pen=pg.mkPen(None)
+        )
+        self.reference_span.setToolTip("the reference's slices")
+        self.reference_span.setVisible(False)
+        self.reference_span.setZValue(-10)
+        item.addItem(self.reference_span)
         item.addItem(self.curve)
         item.addItem(self.scatter)
+        item.addItem(self.beyond_scatter)
         self._support_lines: list[pg.InfiniteLine] = []
+        #: 0-based slices predicted beyond the reference's ends (selected structure)
+        self.beyond_slices: list[int] = []
 
         self.confusion_check = QtWidgets.QCheckBox("Show disagreement")
         self.confusion_check.setToolTip(
@@ -525,6 +561,9 @@ class ComparePanel(QtWidgets.QWidget):
         for line in self._support_lines:
             self.plot.removeItem(line)
         self._support_lines = []
+        self.beyond_slices = []
+        self.beyond_scatter.setData([], [])
+        self.reference_span.setVisible(False)
         if comparison is None:
             self.curve.setData([], [])
             self.scatter.setData([], [])
@@ -535,8 +574,20 @@ class ComparePanel(QtWidgets.QWidget):
         finite = np.isfinite(dice)
         self.curve.setData(slices, dice)
         self.scatter.setData(x=slices[finite], y=dice[finite], data=[int(z) for z in np.flatnonzero(finite)])
+        masks = self._masks(comparison.label)
+        beyond_text = ""
+        if masks is not None:
+            reference_range, self.beyond_slices = beyond_reference(*masks)
+            if reference_range is not None:
+                self.reference_span.setRegion((reference_range[0] + 1, reference_range[1] + 1))
+                self.reference_span.setVisible(True)
+            if self.beyond_slices:
+                xs = [z + 1 for z in self.beyond_slices]
+                self.beyond_scatter.setData(x=xs, y=[0.0] * len(xs), data=list(self.beyond_slices))
+                n = len(self.beyond_slices)
+                beyond_text = f"; {n} slice{'s' if n != 1 else ''} predicted beyond the reference's ends"
         self.plot_title.setText(
-            f"Dice per slice: {comparison.name} (3-D Dice {format_dice(comparison.dice)}; "
+            f"Dice per slice: {comparison.name} (3-D Dice {format_dice(comparison.dice)}{beyond_text}; "
             "click a point to show that slice)"
         )
         if finite.any():
@@ -567,13 +618,19 @@ class ComparePanel(QtWidgets.QWidget):
         self._emit_confusion()
 
     def confusion_array(self) -> np.ndarray | None:
-        """The disagreement map of the selected structure (``Agreement`` codes), None without one."""
+        """The disagreement map of the selected structure (``Agreement`` codes), None without one; it covers
+        the whole volume, so the slices predicted beyond the reference's ends show as false positive."""
         value = self.selected_label()
+        masks = self._masks(value) if value is not None else None
+        return None if masks is None else confusion_overlay(*masks)
+
+    def _masks(self, value: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(prediction, reference) bool masks of the reference's structure ``value``, None without them."""
         pred, reference = self.prediction, self.reference
-        if value is None or pred is None or reference is None:
+        if pred is None or reference is None or pred.array.shape != reference.array.shape:
             return None
         pred_value = next((p for p, r in self._pairs if r == value), value)
-        return confusion_overlay(pred.array == pred_value, reference.array == value)
+        return pred.array == pred_value, reference.array == value
 
     def _emit_confusion(self) -> None:
         array = self.confusion_array() if self.confusion_check.isChecked() else None

@@ -19,10 +19,11 @@ from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Qt, Signal
 
 from sd_fsmis.core.engines.registry import (
-    CLASSICAL_LABEL,
+    BUILTIN_ENGINES,
     EngineChoice,
     available_engines,
     default_engine_name,
+    is_builtin,
     load_engine,
 )
 from sd_fsmis.core.engines.segmentation import SegmentationOutcome, segment_volume
@@ -36,6 +37,8 @@ from sd_fsmis.ui.workers.job_worker import JobWorker, error_box, format_seconds,
 log = logging.getLogger(__name__)
 
 CLASSICAL = "classical"
+#: the engine chosen before the model store was read (the built-in default)
+BUILTIN_DEFAULT = BUILTIN_ENGINES[0]
 DEVICES = (
     ("auto", "Automatic (GPU if present)"),
     ("cuda", "CUDA GPU"),
@@ -66,7 +69,7 @@ def run_segmentation(
     cancel: CancelToken,
 ) -> SegmentationJobResult:
     """The Segment button's job (runs in the worker thread): load the engine, segment the query."""
-    classical = engine_name == CLASSICAL
+    classical = is_builtin(engine_name)
     progress(Progress(0, 0, "preparing" if classical else "loading the model"))
     engine = load_engine(engine_name, device=device, batch_size=batch_size or None)
     cancel.raise_if_cancelled()
@@ -89,6 +92,18 @@ def run_segmentation(
 def list_engines(*, progress: ProgressCallback, cancel: CancelToken) -> tuple[list[EngineChoice], str]:
     """The engines to offer and the default one (reads the model store: imports the model package)."""
     return available_engines(), default_engine_name()
+
+
+def predicted_range_text(mask) -> str:
+    """Where the structure was predicted, 1-based like the viewer: ``"Found on slices 8–19 (12 slices)."``."""
+    found = [int(z) for z in mask.reshape(mask.shape[0], -1).any(axis=1).nonzero()[0]]
+    if not found:
+        return "Nothing was found."
+    first, last = found[0] + 1, found[-1] + 1
+    where = f"slice {first}" if first == last else f"slices {first}–{last}"
+    gaps = (last - first + 1) - len(found)
+    extra = f", {gaps} without it" if gaps else ""
+    return f"Found on {where} ({len(found)} slice{'s' if len(found) != 1 else ''}{extra})."
 
 
 def progress_text(progress: Progress, unit: str = "slices") -> str:
@@ -131,7 +146,8 @@ class SegmentPanel(QtWidgets.QWidget):
         self._status_study_id: str | None = None
         self._build()
         self._connect_session()
-        self._fill_engines([EngineChoice(CLASSICAL, CLASSICAL_LABEL, "classical")], CLASSICAL)
+        builtin = [c for c in available_engines() if c.kind == "classical"]
+        self._fill_engines(builtin, BUILTIN_DEFAULT)
         self._update_state()
         self.refresh_models()
 
@@ -145,7 +161,9 @@ class SegmentPanel(QtWidgets.QWidget):
             QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
         )
         self.engine_combo.setMinimumContentsLength(22)
-        self.engine_combo.setToolTip("The segmentation engine: a stored SD-FSMIS model, or the classical one")
+        self.engine_combo.setToolTip(
+            "The segmentation engine: a stored SD-FSMIS model, or a built-in one that needs no model"
+        )
         self.engine_combo.currentIndexChanged.connect(self._engine_changed)
         self.model_help = QtWidgets.QLabel('<a href="#models">Manage models… (how do I get one?)</a>')
         self.model_help.setTextFormat(Qt.TextFormat.RichText)
@@ -155,7 +173,7 @@ class SegmentPanel(QtWidgets.QWidget):
         self.device_combo = QtWidgets.QComboBox()
         for name, text in DEVICES:
             self.device_combo.addItem(text, name)
-        self.device_combo.setToolTip("Where the model runs (the classical engine always uses the CPU)")
+        self.device_combo.setToolTip("Where the model runs (the built-in engines always use the CPU)")
 
         self.batch_spin = QtWidgets.QSpinBox()
         self.batch_spin.setRange(0, 256)
@@ -291,7 +309,7 @@ class SegmentPanel(QtWidgets.QWidget):
 
     def _fill_engines(self, choices: list[EngineChoice], default: str) -> None:
         current = self.engine_combo.currentData()
-        keep = current if current and current != CLASSICAL else None
+        keep = current if current and not is_builtin(current) else None
         self.engine_combo.blockSignals(True)
         self.engine_combo.clear()
         classical = [c for c in choices if c.kind == "classical"]
@@ -301,13 +319,13 @@ class SegmentPanel(QtWidgets.QWidget):
             self.engine_combo.setItemData(self.engine_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         index = self.engine_combo.findData(keep) if keep else -1
         if index < 0:  # nothing chosen yet, or the chosen model was deleted: the default
-            index = self.engine_combo.findData(default or CLASSICAL)
+            index = self.engine_combo.findData(default or BUILTIN_DEFAULT)
         self.engine_combo.setCurrentIndex(max(0, index))
         self.engine_combo.blockSignals(False)
         self._engine_changed()
 
     def select_engine(self, name: str) -> bool:
-        """Choose the engine ``name`` ("classical" or a model's name); False when it is not offered."""
+        """Choose the engine ``name`` (a built-in one or a model's name); False when it is not offered."""
         index = self.engine_combo.findData(name)
         if index < 0:
             return False
@@ -316,7 +334,7 @@ class SegmentPanel(QtWidgets.QWidget):
 
     @property
     def engine_name(self) -> str:
-        return str(self.engine_combo.currentData() or CLASSICAL)
+        return str(self.engine_combo.currentData() or BUILTIN_DEFAULT)
 
     def show_machine_device(self, text: str) -> None:
         """Say in the device chooser what "Automatic" means on this machine (the status bar's probe)."""
@@ -326,7 +344,7 @@ class SegmentPanel(QtWidgets.QWidget):
             label = "Automatic (CPU only: no GPU found)" if cpu else f"Automatic ({text})"
             self.device_combo.setItemText(index, label)
         self.device_combo.setToolTip(
-            "Where the model runs (the classical engine always uses the CPU). "
+            "Where the model runs (the built-in engines always use the CPU). "
             + (
                 "No GPU was found: SD-FSMIS models run on the CPU, much more slowly (see the status bar)."
                 if cpu
@@ -335,7 +353,7 @@ class SegmentPanel(QtWidgets.QWidget):
         )
 
     def _engine_changed(self, *_args: object) -> None:
-        is_model = self.engine_name != CLASSICAL
+        is_model = not is_builtin(self.engine_name)
         self.device_combo.setEnabled(is_model and not self.is_running())
         self.batch_spin.setEnabled(is_model and not self.is_running())
         self._update_state()
@@ -483,7 +501,7 @@ class SegmentPanel(QtWidgets.QWidget):
             self._show_error("Cannot segment", str(exc))
             return False
         engine = self.engine_name
-        is_model = engine != CLASSICAL
+        is_model = not is_builtin(engine)
         device = self.device if is_model else "cpu"
         batch = self.batch_spin.value() or None
         slices = self.query_slices()
@@ -495,7 +513,7 @@ class SegmentPanel(QtWidgets.QWidget):
             settings["batch_size"] = batch or "auto"
         run = self.session.begin_run(
             inputs,
-            engine="sd-fsmis" if is_model else CLASSICAL,
+            engine="sd-fsmis" if is_model else engine,
             model=engine if is_model else "",
             device=device,
             settings=settings,
@@ -596,7 +614,7 @@ class SegmentPanel(QtWidgets.QWidget):
         text = (
             f"{inputs.label_name}: {slices} slice{'s' if slices != 1 else ''} in "
             f"{format_seconds(outcome.seconds)} ({outcome.engine}, {outcome.shots}-shot). "
-            f"Added the layer “{layer.name}”."
+            f"{predicted_range_text(outcome.mask)} Added the layer “{layer.name}”."
         )
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)

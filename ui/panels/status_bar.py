@@ -26,7 +26,7 @@ CPU_ONLY_STYLE = (
 )
 CPU_ONLY_TIP = (
     "No GPU is used: torch found no CUDA (or Apple MPS) device, or this installation has a CPU-only torch.\n"
-    "The classical engine works as usual; SD-FSMIS models run, but much more slowly (minutes per volume).\n\n"
+    "The built-in engines work as usual; SD-FSMIS models run, but much more slowly (minutes per volume).\n\n"
     "For GPU support: install the NVIDIA driver on this computer, and use the GPU (CUDA) build of SD-FSMIS,\n"
     "or install a CUDA build of torch into its Python environment (README: 'GPU (CUDA)')."
 )
@@ -41,7 +41,7 @@ def _probe() -> None:
         from sd_fsmis.core.device import describe_device, select_device
 
         text = describe_device(select_device("auto"))
-    except Exception as exc:  # no torch, a broken driver: the classical engine still works on the CPU
+    except Exception as exc:  # no torch, a broken driver: the built-in engines still work on the CPU
         log.warning("no compute device information: %s", exc)
         text = "CPU"
     _device_text = CPU_ONLY if text == "CPU" else text

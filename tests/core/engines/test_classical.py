@@ -239,9 +239,10 @@ def test_cancel_stops_within_one_slice(chaos_dir):
     assert engine.registrations <= 2 + workers < len(request.slice_indices)
 
 
-def test_registry_lists_classical_first_and_loads_it_without_torch():
+def test_registry_lists_the_builtin_engines_first_and_loads_classical_without_torch():
     choices = available_engines()
-    assert choices[0].name == "classical" and choices[0].label == CLASSICAL_LABEL
+    assert [c.name for c in choices[:2]] == ["propagation", "classical"]
+    assert choices[1].label == CLASSICAL_LABEL
     assert isinstance(load_engine("classical"), ClassicalEngine)
     code = (
         "import sys; from sd_fsmis.core.engines.registry import load_engine; "
@@ -270,7 +271,7 @@ def test_registered_engine_is_offered_and_loaded_until_unregistered():
     register_engine("in-memory-test", factory, "In-memory test engine")
     try:
         names = [c.name for c in available_engines()]
-        assert names[0] == "classical" and "in-memory-test" in names
+        assert names[:2] == ["propagation", "classical"] and "in-memory-test" in names
         assert load_engine("in-memory-test") is built[-1]
     finally:
         unregister_engine("in-memory-test")

@@ -183,6 +183,36 @@ def test_show_disagreement_emits_the_confusion_map(qtbot, scene):
     assert blocker.args == [None]
 
 
+def test_false_positives_beyond_the_reference_ends_are_marked(qtbot, scene):
+    """A prediction carried past the organ's last slice: those slices are marked on the plot (clickable) and
+    coloured as false positive in the disagreement map."""
+    _session, _study, reference, layers, panel = scene
+    pred_slices = np.flatnonzero((layers[3].array == 1).any(axis=(1, 2)))
+    last = int(pred_slices[-1])
+    # the reference's liver now ends two slices before the prediction's
+    with qtbot.waitSignal(panel.comparisonChanged, timeout=30_000):
+        reference.set_region((slice(last - 1, last + 1), slice(None), slice(None)), 0)
+    ref_slices = np.flatnonzero((reference.array == 1).any(axis=(1, 2)))
+    first = int(ref_slices[0])
+    assert int(ref_slices[-1]) == last - 2
+    assert panel.beyond_slices == [last - 1, last]
+    assert "2 slices predicted beyond the reference's ends" in panel.plot_title.text()
+    assert panel.reference_span.isVisible()
+    assert tuple(panel.reference_span.getRegion()) == (first + 1, last - 1)  # shown 1-based
+    xs, ys = panel.beyond_scatter.getData()
+    assert list(xs) == [last, last + 1] and list(ys) == [0.0, 0.0]
+    point = panel.beyond_scatter.points()[0]
+    with qtbot.waitSignal(panel.goToSlice, timeout=2000) as blocker:
+        panel.beyond_scatter.sigClicked.emit(panel.beyond_scatter, [point], None)
+    assert blocker.args == [last - 1]
+    with qtbot.waitSignal(panel.confusionChanged) as blocker:
+        panel.confusion_check.setChecked(True)
+    array = blocker.args[0]
+    beyond = layers[3].array[last - 1 : last + 1] == 1
+    assert beyond.any() and (array[last - 1 : last + 1][beyond] == 2).all()  # false positive
+    screenshot(panel, "compare_panel_beyond.png")
+
+
 def test_load_reference_mask_from_a_file(qtbot, scene, tmp_path):
     session, _study, reference, layers, panel = scene
     edited = reference.label_map.copy()

@@ -13,7 +13,7 @@ from sd_fsmis.core.jobs import Progress
 from sd_fsmis.core.session.state import Session
 from sd_fsmis.core.session.study import Study
 from sd_fsmis.core.volume import Volume, VolumeMetadata
-from sd_fsmis.ui.panels.segment import CLASSICAL, SegmentPanel, progress_text
+from sd_fsmis.ui.panels.segment import CLASSICAL, SegmentPanel, predicted_range_text, progress_text
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 N_SLICES = 16  # slices of the liver_phantom fixture (tests/ui/conftest.py)
@@ -77,8 +77,9 @@ def test_progress_text():
 def test_segment_is_disabled_with_a_reason(make_panel, liver_phantom):
     session = Session()
     panel = make_panel(session)
-    assert panel.engine_combo.itemText(0) == "Classical (registration) — no model needed"
-    assert panel.engine_name == CLASSICAL  # the store is empty
+    assert panel.engine_combo.itemText(0).startswith("Propagation")
+    assert panel.engine_combo.itemText(1) == "Classical (registration) — no model needed"
+    assert panel.engine_name == "propagation"  # the store is empty: the built-in default
     assert not panel.segment_button.isEnabled()
     assert panel.segment_button.toolTip() == "Open a study first"
     image, _labels, geometry = liver_phantom
@@ -90,9 +91,20 @@ def test_segment_is_disabled_with_a_reason(make_panel, liver_phantom):
     assert not panel.segment()
 
 
-def test_classical_segmentation_through_the_worker(qtbot, make_panel, liver_phantom):
+def test_predicted_range_text():
+    mask = np.zeros((10, 4, 4), dtype=bool)
+    assert predicted_range_text(mask) == "Nothing was found."
+    mask[3, 1, 1] = True
+    assert predicted_range_text(mask) == "Found on slice 4 (1 slice)."
+    mask[5:8, 2, 2] = True
+    assert predicted_range_text(mask) == "Found on slices 4–8 (4 slices, 1 without it)."
+
+
+@pytest.mark.parametrize("engine", ["propagation", CLASSICAL])
+def test_builtin_segmentation_through_the_worker(qtbot, make_panel, liver_phantom, engine):
     session, study = make_session(liver_phantom, supports=(3, 12))
     panel = make_panel(session)
+    assert panel.select_engine(engine)
     assert panel.segment_button.isEnabled()
     assert panel.k_label.text() == "K = 2 (2-shot)"
     assert panel.label_name == "liver"
@@ -112,7 +124,7 @@ def test_classical_segmentation_through_the_worker(qtbot, make_panel, liver_phan
     with qtbot.waitSignal(panel.runFinished, timeout=60_000) as blocker:
         pass
     run = blocker.args[0]
-    assert run.status == "done" and run.engine == CLASSICAL and run.k == 2 and run.label_name == "liver"
+    assert run.status == "done" and run.engine == engine and run.k == 2 and run.label_name == "liver"
     assert run.duration_s is not None and run.duration_s > 0 and run.device == "CPU"
     assert run.settings["slices"] == "all"
     assert session.runs[-1].id == run.id
@@ -123,7 +135,8 @@ def test_classical_segmentation_through_the_worker(qtbot, make_panel, liver_phan
     assert progress and progress[-1].done == progress[-1].total == N_SLICES
     assert not panel.is_running() and panel.segment_button.isEnabled() and not panel.cancel_button.isEnabled()
     assert "Added the layer" in panel.status_label.text()
-    screenshot(panel, "segment_panel_done.png")
+    assert predicted_range_text(study.layer(run.result_layer_id).array > 0) in panel.status_label.text()
+    screenshot(panel, f"segment_panel_done_{engine}.png")
 
 
 def test_segment_a_slice_range(qtbot, make_panel, liver_phantom):
@@ -215,7 +228,7 @@ def test_tiny_model_from_the_model_dialog_then_segment(qtbot, make_panel, liver_
         assert dialog.create_tiny("tiny-test")
         assert dialog.is_running()
     assert panel.engine_name == "tiny-test"  # the new model is chosen
-    assert panel.engine_combo.itemData(0) == CLASSICAL
+    assert [panel.engine_combo.itemData(i) for i in range(2)] == ["propagation", CLASSICAL]
     panel.set_device("cpu")
     panel.batch_spin.setValue(8)
     with qtbot.waitSignal(panel.runFinished, timeout=120_000) as blocker:

@@ -14,7 +14,7 @@ def test_cpu_only_is_a_warning_with_a_tooltip_and_a_gpu_is_plain(qtbot):
     assert bar.cpu_only and bar.device.text() == "Device: CPU only"
     assert bar.device.styleSheet() == CPU_ONLY_STYLE and "background-color" in CPU_ONLY_STYLE
     tip = bar.device.toolTip()
-    assert "NVIDIA driver" in tip and "CUDA" in tip and "classical engine" in tip
+    assert "NVIDIA driver" in tip and "CUDA" in tip and "built-in engines" in tip
     bar.set_device("NVIDIA H200 (139.8 GiB)")
     assert not bar.cpu_only and bar.device.text() == "Device: NVIDIA H200 (139.8 GiB)"
     assert bar.device.styleSheet() == "" and "NVIDIA H200" in bar.device.toolTip()

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from sd_fsmis.core.evaluation.folds import EvaluationError, parse_folds
     from sd_fsmis.core.evaluation.protocols import PROTOCOLS, evaluate
     from sd_fsmis.core.io.datasets import FewShotDataset
+    from sd_fsmis.core.io.destinations import check_destination
     from sd_fsmis.terminal import progress_bar
 
     own_volume = PROTOCOLS[args.protocol].supports_from_query
@@ -131,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out and not str(args.out).lower().endswith(".json"):
         raise EvaluationError(f"--out {args.out}: the report is JSON; use a name ending in .json")
     dataset = FewShotDataset.open(args.data)
+    if args.out:  # before the work: a report that cannot be written is known now, not in an hour
+        check_destination(args.out, dataset.inputs(), option="--out")
     engine = load_engine(args.model, device=args.device, batch_size=args.batch_size)
     with progress_bar(f"evaluate {args.protocol.upper()} ({engine.name})") as progress:
         report = evaluate(

@@ -74,6 +74,7 @@ from sd_fsmis.core.evaluation.folds import (
 from sd_fsmis.core.evaluation.metrics import surface_distances
 from sd_fsmis.core.evaluation.report import EvaluationReport, QueryResult
 from sd_fsmis.core.io.datasets import FewShotDataset
+from sd_fsmis.core.io.destinations import Inputs, check_destination_folder
 from sd_fsmis.core.io.labelmap import Label, LabelMap
 from sd_fsmis.core.io.loader import load_volume
 from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback, ProgressReporter
@@ -213,6 +214,10 @@ def evaluate(
     spec = PROTOCOLS[name]
     if shots < 1:
         raise EvaluationError("--shots must be at least 1")
+    inputs = dataset.inputs()
+    out_dir = Path(save_predictions) if save_predictions is not None else None
+    if out_dir is not None:  # before any work; the folder itself is created by the first prediction
+        check_destination_folder(out_dir, inputs, option="--save-predictions")
     label_maps: dict[int, LabelMap] = {}  # small (uint8): kept for the whole run
 
     def label_map(case_id: int) -> LabelMap:
@@ -242,7 +247,10 @@ def evaluate(
                     continue  # a class absent from this volume is not scored here
                 painted = spec.support_slices(labelled, shots) if spec.supports_from_query else []
                 plan.append((split, qid, value, painted, spec.query_slices(ref, painted)))
-    out_dir = Path(save_predictions) if save_predictions is not None else None
+    if out_dir is not None:  # every file the run will write, before the work: none may be an input
+        for split, qid, value, _, _ in plan:
+            inputs.refuse(out_dir / prediction_path(split.fold, qid, value), "--save-predictions")
+        inputs.refuse(out_dir / "evaluation.json", "--save-predictions")
     start = time.perf_counter()
     report = EvaluationReport(
         model=model_name or getattr(engine, "name", "engine"),
@@ -266,7 +274,7 @@ def evaluate(
                 cache[case_id] = _load_case(dataset, case_id, label_map(case_id))
         query = _Query(split, qid, value, painted, slices)
         result = _evaluate_query(
-            spec, query, cache, shots, engine, dataset, reporter, cancel, surface, out_dir
+            spec, query, cache, shots, engine, dataset, reporter, cancel, surface, out_dir, inputs
         )
         report.queries.append(result)
         log.info(
@@ -282,6 +290,11 @@ def evaluate(
     if out_dir is not None:
         report.save(out_dir / "evaluation.json")
     return report
+
+
+def prediction_path(fold: int, query_id: int, label: int) -> Path:
+    """Where ``--save-predictions`` puts one prediction, relative to its folder."""
+    return Path(f"fold{fold}") / f"pred_{query_id}_label{label}.nii.gz"
 
 
 def _fold_classes(
@@ -354,6 +367,7 @@ def _evaluate_query(
     cancel: CancelToken | None,
     surface: bool,
     out_dir: Path | None,
+    inputs: Inputs,
 ) -> QueryResult:
     """Segment one class in one query volume as ``spec`` says, and score it on the protocol's slices."""
     query = cases[q.qid]
@@ -429,9 +443,10 @@ def _evaluate_query(
         hd95, assd = surface_distances(pred, scored, spacing)
     saved = ""
     if out_dir is not None:
-        rel = Path(f"fold{q.split.fold}") / f"pred_{q.qid}_label{q.value}.nii.gz"
+        rel = prediction_path(q.split.fold, q.qid, q.value)
         array = np.zeros(ref.shape, dtype=np.uint8 if q.value <= 255 else np.uint16)
         array[pred] = q.value
+        inputs.refuse(out_dir / rel, "--save-predictions")
         LabelMap(array, query.volume.geometry, {q.value: Label.default(q.value, name)}).save(out_dir / rel)
         saved = rel.as_posix()
     return QueryResult(

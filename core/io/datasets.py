@@ -111,6 +111,19 @@ class FewShotDataset:
     def class_name(self, label: int) -> str:
         return self.class_names.get(int(label), f"Label {int(label)}")
 
+    def inputs(self):
+        """The files this dataset reads (manifest, images, label maps, supervoxels): never written over."""
+        from sd_fsmis.core.io.destinations import Inputs
+
+        inputs = Inputs()
+        if self.root.is_file():
+            inputs.add(self.root, f"the manifest {self.root.name}")
+        for case in self.cases:
+            inputs.add(case.image, f"the image of case {case.id}")
+            inputs.add(case.label, f"the label map of case {case.id}")
+            inputs.add(case.supervoxels, f"the supervoxels of case {case.id}")
+        return inputs
+
 
 def _open_manifest(path: Path, class_names: Mapping[int, str] | None) -> FewShotDataset:
     """Read a JSON or CSV manifest (see the module docstring)."""

@@ -391,7 +391,7 @@ def _nifti_info(p: Path, uid: str, root: Path) -> SeriesInfo:
     nifti.check_complete(p, header)
     reader = nifti.image_information(p, header)
     size, spacing, origin, direction = _reader_geometry(reader)
-    warnings: list[str] = []
+    warnings: list[str] = [w for w in (nifti.name_warning(p),) if w]
     error = ""
     if header.ndim > 4:
         error = f"a {header.ndim}-D image (sizes {list(header.shape)}); only 3-D images open"

@@ -155,6 +155,10 @@ def load_series(
             metadata = _dicom_metadata(source, info.format)
         elif isinstance(source, NiftiSource):
             image = nifti.read_image(source.path, source.header, first_volume_of_4d=first_volume_of_4d)
+            # ITK has already turned NaN and infinite voxels into 0: count them in the file
+            non_finite = nifti.non_finite_warning(nifti.count_non_finite(source.path, source.header))
+            if non_finite:
+                warnings.append(non_finite)
             if source.header.n_volumes > 1:
                 warnings = [w for w in warnings if "4-D image" not in w]
                 warnings.append(f"4-D image with {source.header.n_volumes} volumes: loaded its first volume")
@@ -186,8 +190,10 @@ def _to_volume(image: sitk.Image, metadata: VolumeMetadata, warnings: list[str],
     if components == 1:
         if image.GetPixelID() == sitk.sitkFloat64:
             image = sitk.Cast(image, sitk.sitkFloat32)
+        array = _array_sharing(image)
+        _zero_non_finite(array, warnings)
         return Volume(
-            array=_array_sharing(image),
+            array=array,
             geometry=Geometry.from_image(image),
             metadata=metadata,
             warnings=warnings,
@@ -205,6 +211,19 @@ def _to_volume(image: sitk.Image, metadata: VolumeMetadata, warnings: list[str],
         metadata=metadata,
         warnings=warnings,
     )
+
+
+def _zero_non_finite(array: np.ndarray, warnings: list[str]) -> None:
+    """Set NaN and infinite voxels of float data to 0 (in place), saying how many there were."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    counts = {"NaN": int(np.isnan(array).sum()), "+inf": int(np.isposinf(array).sum())}
+    counts["-inf"] = int(np.isneginf(array).sum())
+    array[bad] = 0
+    warnings.append(nifti.non_finite_warning({k: v for k, v in counts.items() if v}))
 
 
 class _PixelBuffer:

@@ -157,8 +157,71 @@ class NiftiHeader:
         return self.datatype in COLOUR_DATATYPES
 
 
+#: The two bytes every gzip file starts with.
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: NIfTI datatype codes of floating-point voxels (FLOAT32, FLOAT64) and their numpy types.
+FLOAT_DATATYPES = {16: "f4", 64: "f8"}
+
+
 def is_gzipped(path: str | os.PathLike[str]) -> bool:
-    return str(path).lower().endswith(".gz")
+    """True when the file is gzip-compressed, whatever its name says (by its first two bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == GZIP_MAGIC
+    except OSError:
+        return str(path).lower().endswith(".gz")
+
+
+def name_warning(path: str | os.PathLike[str]) -> str:
+    """A warning when the name says .gz and the content is not compressed (or the other way round)."""
+    named_gz = str(path).lower().endswith(".gz")
+    compressed = is_gzipped(path)
+    if named_gz and not compressed:
+        return "named .nii.gz but not compressed: read as an uncompressed .nii file"
+    if compressed and not named_gz:
+        return "named .nii but gzip-compressed: read as a .nii.gz file"
+    return ""
+
+
+def count_non_finite(path: str | os.PathLike[str], header: NiftiHeader) -> dict[str, int]:
+    """``{"NaN": n, "+inf": n, "-inf": n}`` over the voxels of a floating-point NIfTI file (empty otherwise).
+
+    ITK's NIfTI reader turns such voxels into 0 without a word, so they are counted in the file itself,
+    streaming (a scaled integer file cannot hold them).
+    """
+    code = FLOAT_DATATYPES.get(header.datatype)
+    if code is None:
+        return {}
+    dtype = np.dtype(header.endian + code)
+    counts = {"NaN": 0, "+inf": 0, "-inf": 0}
+    remaining = header.data_bytes
+    block = dtype.itemsize * (1 << 20)
+    with _open(Path(path)) as f:
+        _skip(f, header.vox_offset)
+        while remaining > 0:
+            data = f.read(min(block, remaining))
+            if not data:
+                break
+            data = data[: len(data) - len(data) % dtype.itemsize]
+            values = np.frombuffer(data, dtype=dtype)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                odd = values[bad]
+                counts["NaN"] += int(np.isnan(odd).sum())
+                counts["+inf"] += int((odd == np.inf).sum())
+                counts["-inf"] += int((odd == -np.inf).sum())
+            remaining -= len(data)
+    return {k: v for k, v in counts.items() if v}
+
+
+def non_finite_warning(counts: dict[str, int]) -> str:
+    """The load warning for :func:`count_non_finite`'s counts ("" when there are none)."""
+    total = sum(counts.values())
+    if not total:
+        return ""
+    parts = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    return f"{total} voxel(s) hold no number ({parts}); they are shown and used as 0"
 
 
 @contextlib.contextmanager

@@ -139,3 +139,63 @@ def test_study_protocol_takes_the_supports_from_each_volume(data_dir, capsys):
 def test_ids_need_the_study_protocol(data_dir, capsys):
     assert main(["evaluate", "--model", "classical", "--data", str(data_dir), "--ids", "4"]) == 2
     assert "--protocol study" in _error_line(capsys)
+
+
+# ------------------------------------------------------------------ data safety (issue 13)
+
+
+def _evaluate(data_dir, *extra: str) -> int:
+    args = ["evaluate", "--model", "classical", "--data", str(data_dir), "--protocol", "study"]
+    return main([*args, "--ids", "4", "--labels", "1", "--no-distances", *extra])
+
+
+def test_destinations_are_checked_before_the_work(data_dir, tmp_path, capsys, monkeypatch):
+    import sd_fsmis.core.evaluation.protocols as protocols
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the evaluation ran before its destinations were checked")
+
+    monkeypatch.setattr(protocols, "_evaluate_query", must_not_run)
+    assert _evaluate(data_dir, "--out", str(tmp_path / "missing" / "report.json")) == 2
+    assert f"the folder {tmp_path / 'missing'} does not exist" in _error_line(capsys)
+    assert _evaluate(data_dir, "--save-predictions", str(tmp_path / "a" / "b")) == 2
+    assert "--save-predictions" in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_predictions_never_writes_over_the_data(data_dir, tmp_path, capsys, monkeypatch):
+    """A manifest whose label map sits where a prediction would be written: refused before the work."""
+    import shutil
+
+    (tmp_path / "fold0").mkdir()
+    shutil.copy(data_dir / "images" / "image_4.nii.gz", tmp_path / "image_4.nii.gz")
+    label = tmp_path / "fold0" / "pred_4_label1.nii.gz"
+    shutil.copy(data_dir / "labels" / "label_4.nii.gz", label)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"cases": [{"id": 4, "image": "image_4.nii.gz", "label": str(label)}]}))
+    before = label.read_bytes()
+    assert _evaluate(manifest, "--save-predictions", str(tmp_path)) == 2
+    line = _error_line(capsys)
+    assert "the label map of case 4" in line and "refusing to write over an input" in line
+    assert label.read_bytes() == before
+    assert _evaluate(manifest, "--out", str(manifest.with_suffix(".json"))) == 2
+    assert "the manifest" in _error_line(capsys)
+
+
+def test_a_failed_save_leaves_no_empty_prediction_folders(data_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if "preds" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    preds = tmp_path / "preds"
+    assert _evaluate(data_dir, "--save-predictions", str(preds)) == 2
+    line = _error_line(capsys)
+    assert str(preds / "fold0" / "pred_4_label1.nii.gz") in line and "no space left" in line
+    assert not preds.exists()

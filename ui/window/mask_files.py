@@ -109,8 +109,13 @@ class MaskFiles(QtCore.QObject):
         text = str(path)
         if not text.lower().endswith((".nii", ".nii.gz")):
             text += ".nii.gz"
+        from sd_fsmis.core.io.destinations import check_destination
+        from sd_fsmis.core.io.labelmap import labels_sidecar_path
+
         try:
             with wait_cursor():
+                inputs = self.window.session.input_files(keep=layer)
+                check_destination(text, inputs, also=[labels_sidecar_path(text)])
                 out = layer.save(text)
         except (UserError, OSError) as exc:
             self.window.show_error("Cannot save the mask", str(exc))
@@ -135,8 +140,14 @@ class MaskFiles(QtCore.QObject):
         layer, study = self.window.active_layer, self.window.active_study
         if layer is None or study is None:
             return None
+        from sd_fsmis.core.io.destinations import check_destination
         from sd_fsmis.core.io.dicom.seg import export_dicom_seg
 
+        try:  # before the work: never onto a study's own file, never into a folder that cannot take it
+            check_destination(path, self.window.session.input_files())
+        except UserError as exc:
+            self.window.show_error("DICOM-SEG export failed", str(exc))
+            return None
         algorithm = None
         if layer.kind == "prediction":
             run = next((r for r in self.window.session.runs if r.result_layer_id == layer.id), None)
@@ -164,9 +175,13 @@ class MaskFiles(QtCore.QObject):
             self.window, "Save a screenshot", str(Path(folder) / f"{name}.png"), "PNG (*.png)"
         )
         if path:
+            from sd_fsmis.core.io.destinations import check_destination
+
+            target = path if path.lower().endswith(".png") else path + ".png"
             try:
-                out = self.window.viewer.screenshot(path if path.lower().endswith(".png") else path + ".png")
-            except OSError as exc:
+                check_destination(target, self.window.session.input_files())
+                out = self.window.viewer.screenshot(target)
+            except (UserError, OSError) as exc:
                 self.window.show_error("Cannot save the screenshot", str(exc))
                 return
             self.window.status.showMessage(f"Screenshot saved to {out}", 8000)

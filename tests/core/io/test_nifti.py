@@ -142,3 +142,48 @@ def test_nifti_header_only_pair_is_refused(tmp_path):
     header_only.write_bytes(Path(tmp_path / "pair.hdr").read_bytes() + b"\x00" * 1000)
     with pytest.raises(StudyReadError, match="without its data"):
         list_series(header_only)
+
+
+# ---------------------------------------------------------------------- data safety (issue 13)
+
+
+def test_nan_and_infinite_voxels_are_counted_and_said(tmp_path):
+    data = np.arange(120, dtype=np.float32).reshape(6, 5, 4)
+    data[0, 0, 0] = np.nan
+    data[1, 1, 1] = np.nan
+    data[2, 2, 2] = np.inf
+    data[3, 3, 3] = -np.inf
+    nibabel.save(nibabel.Nifti1Image(data, AFFINE), tmp_path / "nan.nii.gz")
+    header = nifti.read_header(tmp_path / "nan.nii.gz")
+    assert nifti.count_non_finite(tmp_path / "nan.nii.gz", header) == {"NaN": 2, "+inf": 1, "-inf": 1}
+    volume = load_volume(tmp_path / "nan.nii.gz")
+    assert np.isfinite(volume.array).all()
+    assert (
+        "4 voxel(s) hold no number (2 NaN, 1 +inf, 1 -inf); they are shown and used as 0" in volume.warnings
+    )
+    integer = tmp_path / "int.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(_data(), AFFINE), integer)
+    assert nifti.count_non_finite(integer, nifti.read_header(integer)) == {}
+    assert load_volume(integer).warnings == []
+
+
+def test_nan_in_other_float_formats_is_said_too(tmp_path):
+    data = np.ones((3, 4, 5), np.float32)
+    data[1, 2, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(data), str(tmp_path / "nan.mha"))
+    volume = load_volume(tmp_path / "nan.mha")
+    assert volume.array[1, 2, 3] == 0 and any("1 NaN" in w for w in volume.warnings)
+
+
+def test_an_uncompressed_file_named_nii_gz_is_read_with_a_warning(tmp_path):
+    nibabel.save(nibabel.Nifti1Image(_data(), AFFINE), tmp_path / "plain.nii")
+    misnamed = tmp_path / "plain.nii.gz"
+    misnamed.write_bytes((tmp_path / "plain.nii").read_bytes())
+    volume = load_volume(misnamed)
+    np.testing.assert_array_equal(volume.array, load_volume(tmp_path / "plain.nii").array)
+    assert any("not compressed" in w for w in volume.warnings)
+    assert any("not compressed" in w for w in list_series(misnamed)[0].warnings)
+    cut = tmp_path / "cut.nii.gz"  # and a truncated one is still refused
+    cut.write_bytes(misnamed.read_bytes()[:400])
+    with pytest.raises(StudyReadError, match="truncated"):
+        load_volume(cut)

@@ -511,6 +511,29 @@ def test_export_dicom_seg_of_a_dicom_study(make_window, dicom_two_series, tmp_pa
     assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "Label 1"
 
 
+def test_no_save_or_export_writes_over_an_opened_study(make_window, dicom_two_series, tmp_path):
+    """Data safety (issue 13): the study's own files are inputs, whatever the file dialog was given."""
+    window = make_window()
+    window.opener.choose = lambda series, path: series[:1]
+    window.open_paths([dicom_two_series])
+    assert window.wait_idle(60_000)
+    window.active_layer.paint_line(0, 2, [(20, 20)], radius=4)
+    slice_file = Path(window.session.active_study.volume.metadata.files[0])
+    before = slice_file.read_bytes()
+    window.files.export_dicom_seg(slice_file)
+    assert window.wait_idle(60_000)
+    assert window.errors and "refusing to write over an input" in window.errors[-1]
+    nifti = tmp_path / "ct.nii.gz"
+    nifti.write_bytes(b"not really an image, but an input")
+    window.session.active_study.path = str(nifti)
+    assert window.files.save(nifti) is None
+    assert "refusing to write over an input" in window.errors[-1]
+    assert slice_file.read_bytes() == before and nifti.read_bytes() == b"not really an image, but an input"
+    out = window.files.save(tmp_path / "mask.nii.gz")  # anywhere else: fine
+    assert out is not None and out.is_file()
+    assert window.files.save(out) == out  # and the mask may be saved over its own file again
+
+
 def test_screenshot_writes_a_png(demo_window, tmp_path):
     out = demo_window.viewer.screenshot(tmp_path / "views.png")
     image = QtGui.QImage(str(out))

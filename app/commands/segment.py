@@ -124,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     mask = support_mask_for_label(support_labels, args.label, Path(args.support_mask).name)
     label_name = args.label_name or support_labels.label(args.label).name
 
+    # said once, before the work: what loading changed (a regular grid for irregular slices, NaN, ...)
+    for what, volume in [("query", query)] + ([] if is_query else [("support", support)]):
+        for warning in volume.warnings:
+            print(f"sd-fsmis: note: {what}: {warning}", file=sys.stderr)
     engine = _load_engine(args)
     source = SupportSource(
         volume=support, mask=mask, slices=support_slices, is_query=is_query, name=str(support_path)
@@ -151,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
         "volume_ml": float(outcome.mask.sum() * _voxel_ml(query)),
         "slices_with_label": int(outcome.mask.any(axis=(1, 2)).sum()),
         "seconds": round(outcome.seconds, 3),
+        "query_warnings": list(query.warnings),
     }
+    if "grid" in outcome.settings:  # the query was resampled to a regular grid: the record says so
+        summary["grid"] = outcome.settings["grid"]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -141,9 +141,12 @@ class MaskFiles(QtCore.QObject):
         if layer is None or study is None:
             return None
         from sd_fsmis.core.io.destinations import check_destination
-        from sd_fsmis.core.io.dicom.seg import export_dicom_seg
+        from sd_fsmis.core.io.dicom.seg import export_dicom_seg, export_notes, export_problem
 
         try:  # before the work: never onto a study's own file, never into a folder that cannot take it
+            problem = export_problem(study.volume)
+            if problem:
+                raise UserError(problem)
             check_destination(path, self.window.session.input_files())
         except UserError as exc:
             self.window.show_error("DICOM-SEG export failed", str(exc))
@@ -156,14 +159,19 @@ class MaskFiles(QtCore.QObject):
         label_map, volume = layer.copy_label_map(), study.volume
 
         def job(progress, cancel):
-            return export_dicom_seg(
+            out = export_dicom_seg(
                 label_map, volume, path, algorithm=algorithm, series_description=layer.name
             )
+            return out, export_notes(label_map, volume)
+
+        def done(result) -> None:
+            out, notes = result
+            self.window.status.showMessage(" ".join([f"Exported DICOM-SEG to {out}.", *notes]), 15_000)
 
         return self.window.runner.start(
             job,
             "Exporting DICOM-SEG",
-            on_done=lambda out: self.window.status.showMessage(f"Exported DICOM-SEG to {out}", 8000),
+            on_done=done,
             on_error=lambda message: self.window.show_error("DICOM-SEG export failed", message),
         )
 

@@ -192,7 +192,8 @@ def list_folder(
     scan: dicom_series.FolderScan | None = None,
 ) -> list[SeriesInfo]:
     scan = scan or dicom_series.find_series_files(root, cancel)
-    reporter = ProgressReporter(sum(len(g) for g in scan.dicom_groups), progress, cancel)
+    total = sum(len(g) for g in scan.dicom_groups) + len(scan.unscanned_dicom)
+    reporter = ProgressReporter(total, progress, cancel)
     by_uid: dict[str, list[list[dicom_headers.SliceHeader]]] = defaultdict(list)
     found = dicom_headers.HeaderScan()
     for group in scan.dicom_groups:
@@ -204,7 +205,10 @@ def list_folder(
             per_uid[h.series_uid].append(h)
         for uid, members in per_uid.items():
             by_uid[uid].append(members)
+    unscanned = _read_unscanned(scan.unscanned_dicom, by_uid, found, reporter)
     left_out = _sort_out_skipped(scan.skipped_dicom, by_uid, found)
+    for key, paths in unscanned.items():
+        left_out[key].extend(paths)
     infos: list[SeriesInfo] = []
     for uid, groups in by_uid.items():
         # a series spread over several folders is merged, and then sorted by us rather than by GDCM
@@ -230,6 +234,32 @@ def list_folder(
         n_damaged = sum(len(v) for v in left_out.values())
         raise StudyReadError(f"{root}: {_nothing_found(scan, found, n_damaged)}")
     return infos
+
+
+def _read_unscanned(
+    files: list[str],
+    by_uid: dict[str, list[list[dicom_headers.SliceHeader]]],
+    found: dicom_headers.HeaderScan,
+    reporter: ProgressReporter,
+) -> dict[str, list[str]]:
+    """Read the files of folders GDCM could not scan, one by one (pydicom); add their images to
+    ``by_uid`` (each on its own, so that every series is sorted by position). Returns the damaged files
+    (unreadable, or an image header that breaks off) by series uid, or by folder where it is unknown."""
+    left_out: dict[str, list[str]] = defaultdict(list)
+    if not files:
+        return left_out
+    headers = dicom_headers.read_headers(files, reporter)
+    found.unreadable += headers.unreadable
+    for path, _ in headers.unreadable:
+        left_out[os.path.dirname(path)].append(path)
+    for h in headers.non_images:
+        if dicom_headers.is_image_sop_class(h.sop_class_uid) or not h.sop_class_uid:
+            left_out[h.series_uid or os.path.dirname(h.path)].append(h.path)
+        else:
+            found.non_images.append(h)
+    for h in headers.images:
+        by_uid[h.series_uid].append([h])
+    return left_out
 
 
 def _sort_out_skipped(

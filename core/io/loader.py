@@ -111,7 +111,7 @@ def _load_plain_series_folder(
     order, a rescale that needs float) returns None, and the caller takes the careful path, so that the
     volume, its geometry and its warnings are the same either way.
     """
-    if len(scan.dicom_groups) != 1 or scan.nifti_files or scan.skipped_dicom:
+    if len(scan.dicom_groups) != 1 or scan.nifti_files or scan.skipped_dicom or scan.unscanned_dicom:
         return None
     files = scan.dicom_groups[0]
     try:

@@ -35,6 +35,9 @@ from sd_fsmis.core.geometry import Geometry
 MAX_UPSAMPLING = 4
 #: Finest subdivision of the smallest gap tried as the grid step.
 MAX_SUBDIVISION = 64
+#: Most planes a regular grid gets (a few slices far apart would otherwise ask for thousands): beyond it
+#: the step is made coarser and the distance of the slices from their planes said.
+MAX_PLANES = 2048
 
 
 def position_tolerance(step: float) -> float:
@@ -136,9 +139,9 @@ def _grid_step(d: np.ndarray) -> tuple[float, float]:
     """The largest slice step (at most the smallest gap) that puts every distance ``d`` on a grid plane;
     the step and the largest distance from a plane. Where none fits, the best of those tried."""
     gaps = np.diff(d)
-    smallest = float(gaps.min())
     span = float(d[-1])
-    max_planes = max(MAX_UPSAMPLING * len(d), math.ceil(span / smallest) + 1)
+    smallest = max(float(gaps.min()), span / (MAX_PLANES - 1))
+    max_planes = min(MAX_PLANES, max(MAX_UPSAMPLING * len(d), math.ceil(span / smallest) + 1))
     best: tuple[float, float] | None = None
     for m in range(1, MAX_SUBDIVISION + 1):
         trial = smallest / m

@@ -10,6 +10,7 @@ missing slices, non-uniform spacing and shear (gantry tilt): such a series is pl
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -22,6 +23,8 @@ import SimpleITK as sitk
 from sd_fsmis.core.io.dicom.headers import SliceHeader, has_dicm_prefix
 from sd_fsmis.core.io.dicom.regularize import Regularization, acquired_slices, plan_regular_grid
 from sd_fsmis.core.jobs import CancelToken
+
+log = logging.getLogger(__name__)
 
 #: File names that are never DICOM images (skipped without asking GDCM).
 NOT_DICOM_SUFFIXES = (
@@ -52,6 +55,8 @@ class FolderScan:
     n_folders: int = 0
     unreadable_folders: list[str] = field(default_factory=list)
     skipped_dicom: list[str] = field(default_factory=list)  # DICOM files GDCM put in no series
+    #: DICOM files of folders GDCM could not scan (one damaged file stops its scan): read one by one
+    unscanned_dicom: list[str] = field(default_factory=list)
 
 
 def find_series_files(root: str | os.PathLike[str], cancel: CancelToken | None = None) -> FolderScan:
@@ -80,16 +85,29 @@ def find_series_files(root: str | os.PathLike[str], cancel: CancelToken | None =
         ]
         if not candidates:
             continue
-        first = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder))
-        if first and len(first) == len(candidates):
-            scan.dicom_groups.append(first)
-            continue
         listed: set[str] = set()
-        for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) if first else ():
-            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id))
-            if files:
-                scan.dicom_groups.append(files)
-                listed.update(os.path.normpath(f) for f in files)
+        try:
+            first = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder))
+            if first and len(first) == len(candidates):
+                scan.dicom_groups.append(first)
+                continue
+            groups = []
+            for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) if first else ():
+                files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id))
+                if files:
+                    groups.append(files)
+        except RuntimeError as exc:
+            # one file GDCM cannot parse stops its scan of the whole folder: read every DICOM file of
+            # this folder with pydicom instead (the series are then grouped and sorted by us)
+            log.info(
+                "GDCM cannot scan %s (%s); reading its files one by one", folder, " ".join(str(exc).split())
+            )
+            paths = (os.path.join(folder, n) for n in candidates)
+            scan.unscanned_dicom.extend(p for p in paths if has_dicm_prefix(p))
+            continue
+        for files in groups:
+            scan.dicom_groups.append(files)
+            listed.update(os.path.normpath(f) for f in files)
         # DICOM files GDCM did not take: non-images, or images it cannot parse (damaged, truncated)
         for name in candidates:
             path = os.path.join(folder, name)

@@ -792,3 +792,34 @@ def test_other_formats_simpleitk_reads(tmp_path):
     picture = load_volume(tmp_path / "red.png")
     assert picture.shape == (1, 4, 5)
     np.testing.assert_allclose(picture.array, 0.299 * 255, rtol=1e-6)
+
+
+# ------------------------------------------------------- data safety (issue 13): a bad file in a folder
+
+
+def test_a_file_gdcm_cannot_parse_does_not_hide_the_folder(tmp_path, pydicom_file):
+    """One file stops GDCM's scan of its whole folder (its raw text was the only answer): the folder's
+    files are then read one by one, every readable series is offered, and the damaged file is named."""
+    values = random_hu((4, 8, 8))
+    paths = write_series(tmp_path, values)
+    shutil.copy(pydicom_file("rtdose_1frame.dcm"), tmp_path / "dose.dcm")  # GDCM's scan throws on it
+    (tmp_path / "broken.dcm").write_bytes(paths[0].read_bytes()[:300])  # a header that breaks off
+    with pytest.raises(RuntimeError):  # what GDCM does with this folder
+        sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path))
+
+    series = list_series(tmp_path)
+
+    ct = next(s for s in series if s.modality == "CT")
+    assert ct.size == (8, 8, 4) and not ct.error
+    assert any("1 DICOM file(s)" in w and "broken.dcm" in w for w in ct.warnings), ct.warnings
+    np.testing.assert_array_equal(load_series(ct).array, values)
+    np.testing.assert_array_equal(load_volume(tmp_path, ct.uid).array, values)
+
+
+def test_pydicoms_own_test_folder_offers_every_readable_series(pydicom_file):
+    folder = pydicom_file("CT_small.dcm").parent
+    series = list_series(folder)
+    assert len(series) > 40
+    assert sum(1 for s in series if not s.error) > 40
+    ct_small = next(s for s in series if Path(s.files[0]).name == "CT_small.dcm")
+    assert load_series(ct_small).shape == (1, 128, 128)

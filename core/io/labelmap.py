@@ -19,11 +19,12 @@ Both files are written atomically (temporary file + rename). A mask without a si
 ("Label 3") and ITK-SNAP's default colour order, or the names a caller passes (e.g. :data:`CHAOS_MR_ORGANS`).
 
 Masks made by other tools are accepted when they hold whole numbers 0..65535 in any pixel type (float
-0.0/1.0 masks are common); fractional, negative, NaN/infinite or too-large values, 2-D, 4-D and
-multi-component images are refused with :class:`~sd_fsmis.core.errors.MaskError`. So is a file that cannot
-be a label map although its values are whole numbers: an intensity image (more than
-:data:`MAX_PLAUSIBLE_LABELS` different values, or values that change from voxel to voxel like an image's),
-or the very image it is meant to label (:func:`refuse_image_as_mask`).
+0.0/1.0 masks are common); a 2-D image is a one-slice mask, as it is a one-slice volume. Fractional,
+negative, NaN/infinite or too-large values, 4-D and multi-component images are refused with
+:class:`~sd_fsmis.core.errors.MaskError`, and so is a file that cannot be a label map although its values
+are whole numbers: an intensity image (more than :data:`MAX_PLAUSIBLE_LABELS` different values, or values
+that change from voxel to voxel like an image's), or the very image it is meant to label
+(:func:`refuse_image_as_mask`).
 """
 
 from __future__ import annotations
@@ -385,6 +386,12 @@ class LabelMap:
             image = read_image(p)
             non_finite = 0
         image = _as_3d_scalar(image, p)
+        if image.GetSize()[2] == 1 and is_nifti(p) and header.ndim == 2:
+            # a 2-D mask: one slice, placed and turned as its header says (as the study loader does)
+            origin, spacing, direction = nifti.header_geometry(header)
+            image.SetOrigin(origin)
+            image.SetSpacing(spacing)
+            image.SetDirection(direction)
         geometry = Geometry.from_image(image)
         warnings: list[str] = []
         table = make_labels(labels)
@@ -522,7 +529,8 @@ def _present_values(arr: np.ndarray) -> list[int]:
 
 
 def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:
-    """The image as a 3-D scalar image; 2-D, 4-D (several volumes) and vector images are refused."""
+    """The image as a 3-D scalar image (2-D: one slice); 4-D (several volumes) and vector images are
+    refused."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise MaskError(
             f"{path}: a mask has one value per voxel; this image has "
@@ -534,6 +542,8 @@ def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:
         return sitk.Extract(image, size, [0, 0, 0, 0])
     if dim == 4:
         raise MaskError(f"{path}: a 4-D image ({image.GetSize()[3]} volumes) cannot be used as a mask")
+    if dim == 2:  # a one-slice mask, as a 2-D image is a one-slice volume
+        return sitk.JoinSeries(image)
     if dim != 3:
         raise MaskError(f"{path}: a mask must be a 3-D image, this one is {dim}-D")
     return image

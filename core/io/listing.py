@@ -421,7 +421,9 @@ def _nifti_info(p: Path, uid: str, root: Path) -> SeriesInfo:
     nifti.check_complete(p, header)
     reader = nifti.image_information(p, header)
     size, spacing, origin, direction = _reader_geometry(reader)
-    warnings: list[str] = [w for w in (nifti.name_warning(p),) if w]
+    warnings: list[str] = [w for w in (nifti.name_warning(p), nifti.transform_warning(header)) if w]
+    if reader.GetDimension() == 2:  # ITK's 2-D geometry keeps neither the slice's place nor its rotation
+        origin, spacing, direction = nifti.header_geometry(header)
     error = ""
     if header.ndim > 4:
         error = f"a {header.ndim}-D image (sizes {list(header.shape)}); only 3-D images open"

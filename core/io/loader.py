@@ -169,6 +169,12 @@ def load_series(
             image = _regularized(image, source, metadata, warnings, regularize)
         elif isinstance(source, NiftiSource):
             image = nifti.read_image(source.path, source.header, first_volume_of_4d=first_volume_of_4d)
+            if image.GetDimension() == 2:  # one slice, placed and turned as its header says
+                image = sitk.JoinSeries(image)
+                origin, spacing, direction = nifti.header_geometry(source.header)
+                image.SetOrigin(origin)
+                image.SetSpacing(spacing)
+                image.SetDirection(direction)
             # ITK has already turned NaN and infinite voxels into 0: count them in the file
             non_finite = nifti.non_finite_warning(nifti.count_non_finite(source.path, source.header))
             if non_finite:

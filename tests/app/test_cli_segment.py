@@ -279,3 +279,44 @@ def test_an_intensity_image_is_refused_as_support_mask(capsys, tmp_path, chaos_d
     )  # fmt: skip
     _assert_user_error(code, err, "not a label map")
     assert str(copy) in err
+
+
+def test_a_2d_nifti_is_segmented_as_one_slice_with_its_direction_and_itk_stays_quiet(capfd, tmp_path):
+    """ITK's own messages ('WARNING: In /tmp/SimpleITK-build/...') go to the log file, not the terminal."""
+    nibabel = pytest.importorskip("nibabel")
+    theta = np.deg2rad(25)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(
+        [[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]]
+    ) @ np.diag([0.5, 0.7, 3.0])
+    plane = np.zeros((40, 32), np.int16)
+    plane[10:30, 8:24] = 100
+    nibabel.save(nibabel.Nifti1Image(plane, affine), tmp_path / "slice.nii.gz")
+    nibabel.save(nibabel.Nifti1Image((plane > 0).astype(np.uint8), affine), tmp_path / "mask.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    query, mask = str(tmp_path / "slice.nii.gz"), str(tmp_path / "mask.nii.gz")
+    code = main(
+        ["segment", "--model", "classical", "--query", query, "--support-mask", mask, "--out", str(out)]
+    )
+    err = capfd.readouterr().err
+    assert code == 0, err
+    assert "WARNING" not in err and "SimpleITK-build" not in err
+    written = sitk.ReadImage(str(out))
+    reference = sitk.ReadImage(str(tmp_path / "slice.nii.gz"))  # ITK's own 2-D reading, for the rotation
+    direction = np.asarray(written.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-6)
+    assert written.GetSize() == (40, 32, 1) and reference.GetDimension() == 2
+    assert abs(direction[1, 1]) < 0.99  # the 25 degree rotation kept
+
+
+def test_itk_messages_go_to_the_log_not_the_terminal(capfd, caplog):
+    import logging
+
+    from sd_fsmis.core.quiet import route_itk_messages_to_log
+
+    assert route_itk_messages_to_log()
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+    with caplog.at_level(logging.DEBUG, logger="sd_fsmis.itk"):
+        sitk.ImageSeriesReader.GetGDCMSeriesFileNames("/nonexistent-folder-for-itk")  # ITK warns
+    assert "WARNING" not in capfd.readouterr().err
+    assert any("ITK" in r.getMessage() for r in caplog.records)

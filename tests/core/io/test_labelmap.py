@@ -167,7 +167,7 @@ def test_float_mask_file_accepted_when_whole_numbers_only(tmp_path):
         LabelMap.load(path)
 
 
-def test_4d_vector_and_2d_files_are_refused(tmp_path):
+def test_4d_and_vector_files_are_refused_2d_is_one_slice(tmp_path):
     volume = GRID.image_from_array(_blocks().astype(np.uint8))
     four_d = _write(sitk.JoinSeries([volume, volume]), tmp_path / "4d.nii.gz")
     with pytest.raises(MaskError, match="4-D"):
@@ -175,9 +175,8 @@ def test_4d_vector_and_2d_files_are_refused(tmp_path):
     vector = _write(sitk.Compose([volume, volume]), tmp_path / "vector.nii.gz")
     with pytest.raises(MaskError, match="one value per voxel"):
         LabelMap.load(vector)
-    flat = _write(sitk.GetImageFromArray(np.zeros((5, 6), np.uint8)), tmp_path / "2d.nii.gz")
-    with pytest.raises(MaskError, match="3-D"):
-        LabelMap.load(flat)
+    flat = _write(sitk.GetImageFromArray(np.ones((5, 6), np.uint8)), tmp_path / "2d.nii.gz")
+    assert LabelMap.load(flat).shape == (1, 5, 6)
 
 
 def test_broken_files_are_refused(tmp_path):

@@ -187,3 +187,61 @@ def test_an_uncompressed_file_named_nii_gz_is_read_with_a_warning(tmp_path):
     cut.write_bytes(misnamed.read_bytes()[:400])
     with pytest.raises(StudyReadError, match="truncated"):
         load_volume(cut)
+
+
+@pytest.mark.parametrize(
+    ("qform_code", "sform_code"), [(1, 1), (1, 2), (2, 1), (0, 1), (1, 0), (1, 4), (4, 1), (2, 2)]
+)
+def test_the_transform_in_use_is_the_one_itk_uses(tmp_path, qform_code, sform_code):
+    image = nibabel.Nifti1Image(_data(), None)
+    sform = np.diag([1.0, 1.0, 1.0, 1.0])
+    sform[:3, 3] = [100.0, 0.0, 0.0]
+    image.set_qform(np.eye(4), code=qform_code)
+    image.set_sform(sform, code=sform_code)
+    nibabel.save(image, tmp_path / "qs.nii")
+    header = nifti.read_header(tmp_path / "qs.nii")
+    itk = Geometry.from_image(sitk.ReadImage(str(tmp_path / "qs.nii")))
+    origin, _, direction = nifti.header_geometry(header)
+    assert np.allclose(itk.origin, origin) and np.allclose(itk.direction, direction)
+    expected = "sform" if itk.origin[0] == pytest.approx(-100.0) else "qform"
+    assert nifti.transform_in_use(header) == expected
+
+
+def test_qform_and_sform_100_mm_apart_are_named_with_the_one_used(tmp_path):
+    image = nibabel.Nifti1Image(_data(), None)
+    sform = AFFINE.copy()
+    sform[0, 3] += 100.0
+    image.set_qform(AFFINE, code=1)
+    image.set_sform(sform, code=1)
+    nibabel.save(image, tmp_path / "apart.nii.gz")
+    volume = load_volume(tmp_path / "apart.nii.gz")
+    warning = next(w for w in volume.warnings if "disagree" in w)
+    assert "100.0 mm" in warning and "qform (code 1)" in warning and "sform (code 1)" in warning
+    assert "the sform is used" in warning
+    assert warning in list_series(tmp_path / "apart.nii.gz")[0].warnings
+    assert volume.geometry.origin[0] == pytest.approx(-(AFFINE[0, 3] + 100.0))  # LPS: x flips
+    image.set_sform(AFFINE, code=1)  # the same place: nothing to say
+    nibabel.save(image, tmp_path / "agree.nii.gz")
+    assert not any("disagree" in w for w in load_volume(tmp_path / "agree.nii.gz").warnings)
+
+
+def test_a_2d_image_keeps_its_place_and_rotation(tmp_path, capfd):
+    """ITK's 2-D reading drops the slice's position along z and its rotation; the header gives both."""
+    theta = np.deg2rad(25)
+    rotation = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.5, 0.7, 3.0])
+    affine[:3, 3] = [10.0, 20.0, 30.0]
+    plane = np.arange(40 * 32, dtype=np.int16).reshape(40, 32)  # (x, y)
+    nibabel.save(nibabel.Nifti1Image(plane, affine), tmp_path / "slice.nii.gz")
+    volume = load_volume(tmp_path / "slice.nii.gz")
+    info = list_series(tmp_path / "slice.nii.gz")[0]
+    direction = np.asarray(volume.geometry.direction).reshape(3, 3)
+    expected = np.diag([-1.0, -1.0, 1.0]) @ rotation  # RAS -> LPS
+    np.testing.assert_allclose(direction, expected, atol=1e-6)
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-6)  # orthonormal
+    assert volume.geometry.origin == pytest.approx((-10.0, -20.0, 30.0))
+    assert volume.geometry.spacing == pytest.approx((0.5, 0.7, 3.0))
+    assert info.geometry == volume.geometry
+    np.testing.assert_array_equal(volume.array[0], plane.T)
+    assert "WARNING" not in capfd.readouterr().err

@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
             save_predictions=args.save_predictions,
             progress=progress,
         )
+    for note in report.notes:  # what the table shows as "—", and why
+        print(f"sd-fsmis: warning: {note}", file=sys.stderr)
     if args.out:
         report.save(args.out)
     if args.json:

@@ -225,6 +225,7 @@ def evaluate(
             label_maps[case_id] = LabelMap.load(dataset.case(case_id).label, labels=dataset.class_names)
         return label_maps[case_id]
 
+    skipped: dict[tuple[int, int], str] = {}  # (fold, class) -> why it is not scored there
     if spec.supports_from_query:
         splits, wanted = _own_volume_split(dataset, ids, labels, label_map)
     else:
@@ -234,13 +235,24 @@ def evaluate(
                 f"a list of volumes (ids) applies to the {own} protocols; {name} uses folds"
             )
         fold_list = list(range(n_folds)) if folds is None else sorted({int(f) for f in folds})
-        splits = [fold_split(dataset.ids, f, n_folds=n_folds, shots=shots) for f in fold_list]
-        wanted = _fold_classes(dataset, splits, labels, label_map)
+        splits = [
+            fold_split(dataset.ids, f, n_folds=n_folds, shots=shots, protocol=name.upper()) for f in fold_list
+        ]
+        wanted, skipped = _fold_classes(dataset, splits, labels, label_map)
+    absent = _classes_in_no_volume(dataset, splits, wanted, label_map)
+    for value in absent:
+        for split in splits:
+            skipped[(split.fold, value)] = "in no label map"
+    notes = _class_notes(dataset, skipped, absent)
+    for note in notes:  # the report carries them: the command line prints them, the log keeps them
+        log.info("%s", note)
     # Plan first (label maps only: cheap), so that progress knows the total number of slices.
     plan: list[tuple[FoldSplit, int, int, list[int], list[int]]] = []
     for split in splits:
         for qid in split.query_ids:
             for value in wanted:
+                if (split.fold, value) in skipped:
+                    continue
                 ref = label_map(qid).binary(value)
                 labelled = labelled_slices(ref)
                 if spec.supports_from_query and not labelled:
@@ -262,6 +274,8 @@ def evaluate(
         engine=_engine_config(engine),
         splits=splits,
         pooled=pooled,
+        skipped={key: reason for key, reason in skipped.items()},
+        notes=notes,
     )
     cache: dict[int, _Case] = {}  # volumes: only those of the current fold (or the current volume)
     reporter = ProgressReporter(sum(len(p[4]) for p in plan), progress, cancel)
@@ -302,22 +316,61 @@ def _fold_classes(
     splits: list[FoldSplit],
     labels: Sequence[int] | None,
     label_map: Callable[[int], LabelMap],
-) -> list[int]:
-    """The classes asked for, which every support volume must hold; by default all the classes that every
-    support volume holds (CHAOS: 1..4)."""
+) -> tuple[list[int], dict[tuple[int, int], str]]:
+    """The classes to evaluate and, per fold, those that cannot be: a class must be in every support
+    volume of a fold to be segmented there. By default every class of the support volumes and of the
+    dataset's class names (a class a fold cannot score is shown as "—" with its reason, not dropped).
+    A class asked for that no volume holds is refused."""
     in_supports = [(s, sid, set(label_map(sid).present_labels())) for s in splits for sid in s.support_ids]
     if labels is None:
-        wanted = sorted(set.intersection(*(present for _, _, present in in_supports)))
-        if not wanted:
-            raise EvaluationError("the support volumes share no labelled class")
-        return wanted
-    wanted = _check_classes(labels)
+        wanted = sorted(
+            set().union(*(present for _, _, present in in_supports)) | set(dataset.declared_classes)
+        )
+        if not any(present for _, _, present in in_supports):
+            raise EvaluationError("the support volumes hold no labelled class")
+    else:
+        wanted = _check_classes(labels)
+        in_data = set().union(*(set(label_map(i).present_labels()) for s in splits for i in s.ids))
+        unknown = [v for v in wanted if v not in in_data]
+        if unknown:
+            names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in unknown)
+            raise EvaluationError(f"unknown label {names}: in none of the volumes of the folds")
+    skipped: dict[tuple[int, int], str] = {}
     for split, sid, present in in_supports:
-        missing = [v for v in wanted if v not in present]
-        if missing:
-            names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in missing)
-            raise EvaluationError(f"unknown label {names}: not in support volume {sid} of fold {split.fold}")
-    return wanted
+        for value in wanted:
+            if value not in present and (split.fold, value) not in skipped:
+                skipped[(split.fold, value)] = f"not in support volume {sid}"
+    return wanted, skipped
+
+
+def _classes_in_no_volume(
+    dataset: FewShotDataset, splits: list[FoldSplit], wanted: list[int], label_map: Callable[[int], LabelMap]
+) -> list[int]:
+    """The wanted classes that no volume of the splits holds (a class the manifest names, absent)."""
+    present = set().union(*(set(label_map(i).present_labels()) for s in splits for i in s.ids))
+    return [v for v in wanted if v not in present]
+
+
+def _class_notes(
+    dataset: FewShotDataset, skipped: dict[tuple[int, int], str], absent: list[int]
+) -> list[str]:
+    """One warning per class that is not scored somewhere, saying where and why."""
+    notes = [
+        f"class {v} ({dataset.class_name(v)}) is listed in {dataset.root.name} but is in no label map: "
+        "not evaluated (—)"
+        for v in absent
+    ]
+    by_class: dict[int, list[str]] = {}
+    for (fold, value), reason in sorted(skipped.items()):
+        if value not in absent:
+            by_class.setdefault(value, []).append(f"fold {fold} ({reason})")
+    for value, where in by_class.items():
+        notes.append(
+            f"class {value} ({dataset.class_name(value)}) cannot be segmented in "
+            + ", ".join(where)
+            + ": shown as — there, averaged over the other folds"
+        )
+    return notes
 
 
 def _own_volume_split(
@@ -332,17 +385,21 @@ def _own_volume_split(
         raise EvaluationError("no volume to evaluate")
     in_any = set().union(*(set(label_map(i).present_labels()) for i in id_list))
     if labels is None:
-        wanted = sorted(in_any)
-        if not wanted:
+        if not in_any:
             raise EvaluationError(f"volumes {', '.join(map(str, id_list))} hold no labelled class")
+        wanted = sorted(in_any | set(dataset.declared_classes))  # a declared class in no volume: shown as —
+        return [_own_split(dataset, id_list)], wanted
     else:
         wanted = _check_classes(labels)
     missing = [v for v in wanted if v not in in_any]
     if missing:
         names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in missing)
         raise EvaluationError(f"unknown label {names}: in none of the volumes {', '.join(map(str, id_list))}")
-    split = FoldSplit(0, [dataset.ids.index(i) for i in id_list], id_list, list(id_list), list(id_list))
-    return [split], wanted
+    return [_own_split(dataset, id_list)], wanted
+
+
+def _own_split(dataset: FewShotDataset, id_list: list[int]) -> FoldSplit:
+    return FoldSplit(0, [dataset.ids.index(i) for i in id_list], id_list, list(id_list), list(id_list))
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ class VolumeMetadata:
     #: set when the series' slices were irregular (missing, uneven, tilted) and the volume was resampled to
     #: a regular grid: where each file's slice lies on it (``files[i]`` is acquired slice ``i``)
     regularization: Regularization | None = None
+    #: False when the file gives no patient orientation (a DICOM image without Image Orientation (Patient),
+    #: such as a planar NM or X-ray; a picture; a NIfTI without qform and sform): its direction is then a
+    #: stand-in, and no anatomical labels (axial, R/L, A/P) may be shown for it
+    oriented: bool = True
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)

@@ -28,6 +28,10 @@ from sd_fsmis.core.quiet import quiet_libraries
 
 COLOUR_WARNING = "colour image: converted to grey values (luminance)"
 
+#: Image formats (SimpleITK's reader names) whose files place the image in patient space; pictures
+#: (PNG, JPEG, BMP, TIFF, ...) do not.
+ORIENTED_FORMATS = ("nrrd", "meta", "nifti", "gipl", "vtk", "mrc")
+
 
 def dicom_uid(info: SeriesInfo) -> str:
     return info.source.series_instance_uid if isinstance(info.source, DicomSeries) else ""
@@ -71,6 +75,7 @@ class SeriesInfo:
     series_number: int | None = None
     study_description: str = ""
     n_volumes: int = 1  # > 1: a 4-D image, of which only the first volume can be loaded
+    oriented: bool = True  # False: no patient orientation in the file (the direction is a stand-in)
     error: str = ""
     files: tuple[str, ...] = field(default=(), repr=False)
     source: object = field(default=None, repr=False, compare=False)  # how to read it (internal)
@@ -98,6 +103,7 @@ class SeriesInfo:
             "direction": list(self.direction),
             "n_files": self.n_files,
             "n_volumes": self.n_volumes,
+            "oriented": self.oriented,
             "series_number": self.series_number,
             "study_description": self.study_description,
             "warnings": list(self.warnings),
@@ -410,6 +416,7 @@ def _dicom_info(series: DicomSeries, root: Path, fmt: str) -> SeriesInfo:
         format=fmt,
         series_number=get(ds, "SeriesNumber", int),
         study_description=get(ds, "StudyDescription", lambda v: str(v).strip(), ""),
+        oriented=series.first.orientation is not None,
         error=series.error,
         files=tuple(series.files),
         source=series,
@@ -449,6 +456,7 @@ def _nifti_info(p: Path, uid: str, root: Path) -> SeriesInfo:
         path=str(p),
         format="nifti",
         n_volumes=header.n_volumes,
+        oriented=nifti.transform_in_use(header) != "pixdim",
         error=error,
         files=(str(p),),
         source=NiftiSource(str(p), header),
@@ -466,6 +474,7 @@ def _image_file_info(p: Path, reader: sitk.ImageFileReader, io_name: str) -> Ser
         )
     fmt = io_name.removesuffix("ImageIO").lower() or "image"
     return SeriesInfo(
+        oriented=fmt in ORIENTED_FORMATS,
         uid=p.name,
         description=p.name,
         modality="",

@@ -182,10 +182,14 @@ def load_series(
             if source.header.n_volumes > 1:
                 warnings = [w for w in warnings if "4-D image" not in w]
                 warnings.append(f"4-D image with {source.header.n_volumes} volumes: loaded its first volume")
-            metadata = VolumeMetadata(series_description=info.description, source_format="nifti")
+            metadata = VolumeMetadata(
+                series_description=info.description, source_format="nifti", oriented=info.oriented
+            )
         elif isinstance(source, ImageFileSource):
             image = read_image(source.path)
-            metadata = VolumeMetadata(series_description=info.description, source_format=info.format)
+            metadata = VolumeMetadata(
+                series_description=info.description, source_format=info.format, oriented=info.oriented
+            )
         else:
             raise TypeError("a SeriesInfo from list_series is needed")
         metadata.source_path = info.path
@@ -303,4 +307,5 @@ def _dicom_metadata(series: DicomSeries, source_format: str) -> VolumeMetadata:
         window_width=get(ds, "WindowWidth", dicom_headers.first_float),
         source_format=source_format,
         files=list(series.files),
+        oriented=series.first.orientation is not None,
     )

@@ -248,7 +248,7 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
             dicom = None
             if meta.window_center is not None and meta.window_width:
                 dicom = (float(meta.window_center), float(meta.window_width))
-            self.viewer.set_volume(study.volume.array, study.geometry, meta.modality, dicom)
+            self.viewer.set_volume(study.volume.array, study.geometry, meta.modality, dicom, meta.oriented)
             if self._confusion is not None and self._confusion.shape == study.volume.shape:
                 self.viewer.set_confusion(self._confusion)
             saved = self._windows.get(study.id)

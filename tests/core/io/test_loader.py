@@ -823,3 +823,18 @@ def test_pydicoms_own_test_folder_offers_every_readable_series(pydicom_file):
     assert sum(1 for s in series if not s.error) > 40
     ct_small = next(s for s in series if Path(s.files[0]).name == "CT_small.dcm")
     assert load_series(ct_small).shape == (1, 128, 128)
+
+
+def test_planar_images_have_no_patient_orientation(pydicom_file, tmp_path, capsys):
+    """Item 13: JPEG-lossy.dcm (a whole-body NM scan without Image Orientation (Patient)) and a picture
+    claim no orientation; a CT slice and a NIfTI with a qform do."""
+    from sd_fsmis.cli import main
+
+    planar = pydicom_file("JPEG-lossy.dcm")
+    assert not list_series(planar)[0].oriented and not load_volume(planar).metadata.oriented
+    assert load_volume(pydicom_file("CT_small.dcm")).metadata.oriented
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.uint8)), str(tmp_path / "picture.png"))
+    assert not load_volume(tmp_path / "picture.png").metadata.oriented
+    assert main(["info", str(planar)]) == 0
+    out = capsys.readouterr().out
+    assert "none" in out and "no patient orientation" in out and "LPS" not in out

@@ -245,3 +245,10 @@ def test_a_2d_image_keeps_its_place_and_rotation(tmp_path, capfd):
     assert info.geometry == volume.geometry
     np.testing.assert_array_equal(volume.array[0], plane.T)
     assert "WARNING" not in capfd.readouterr().err
+
+
+def test_a_nifti_without_qform_and_sform_has_no_patient_orientation(tmp_path):
+    nibabel.save(nibabel.Nifti1Image(_data(), None), tmp_path / "bare.nii.gz")  # both codes 0
+    assert not load_volume(tmp_path / "bare.nii.gz").metadata.oriented
+    nibabel.save(nibabel.Nifti1Image(_data(), AFFINE), tmp_path / "placed.nii.gz")
+    assert load_volume(tmp_path / "placed.nii.gz").metadata.oriented

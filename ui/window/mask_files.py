@@ -50,13 +50,16 @@ class MaskFiles(QtCore.QObject):
         study = self.window.active_study
         if study is None:
             return None
-        from sd_fsmis.core.io.labelmap import LabelMap
+        from sd_fsmis.core.io.labelmap import LabelMap, refuse_image_as_mask
 
         def job(progress, cancel):
+            refuse_image_as_mask(path, [study.path], "the mask")  # the study's own file is no mask
             try:
-                return LabelMap.load(path, like=study.geometry, resample=resample, like_name="study")
+                label_map = LabelMap.load(path, like=study.geometry, resample=resample, like_name="study")
             except GeometryMismatchError as exc:
                 return _GridMismatch(str(exc))
+            refuse_image_as_mask(label_map, [study.volume], "the mask")
+            return label_map
 
         def loaded(result) -> None:
             if not isinstance(result, _GridMismatch):

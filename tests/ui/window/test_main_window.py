@@ -568,6 +568,16 @@ def test_no_save_or_export_writes_over_an_opened_study(make_window, dicom_two_se
     assert window.files.save(out) == out  # and the mask may be saved over its own file again
 
 
+def test_the_study_itself_is_refused_as_a_mask(demo_window):
+    window = demo_window
+    study = window.session.active_study
+    layers = len(study.layers)
+    window.files.load(study.path)
+    assert window.wait_idle(30_000)
+    assert window.errors and "is the image itself" in window.errors[-1]
+    assert len(study.layers) == layers
+
+
 def test_screenshot_writes_a_png(demo_window, tmp_path):
     out = demo_window.viewer.screenshot(tmp_path / "views.png")
     image = QtGui.QImage(str(out))

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose)
+    from sd_fsmis.core.quiet import route_itk_messages_to_log
+
+    route_itk_messages_to_log()  # ITK's own messages go to the log file, never to the terminal
     log.debug("sd-fsmis %s: %s", __version__, list(sys.argv if argv is None else argv))
     if args.check_imports:
         from sd_fsmis import import_check

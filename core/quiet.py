@@ -1,12 +1,15 @@
 """Keep the imaging libraries' chatter (ITK warnings, pydicom warnings, GDCM's prints) out of the output.
 
 What matters in that chatter is reported by the loader itself, as a load warning or a StudyReadError.
+Whatever ITK says at other times (a registration, a resampling) goes to the log file, never to the
+terminal or a dialog (:func:`route_itk_messages_to_log`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 import threading
@@ -14,6 +17,8 @@ import warnings
 from collections.abc import Iterator
 
 import SimpleITK as sitk
+
+log = logging.getLogger("sd_fsmis.itk")
 
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
@@ -77,3 +82,38 @@ def _flush_c_stdio() -> None:
     # where there is no C library to call (Windows), there is nothing buffered to move
     with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(None).fflush(None)
+
+
+class _ItkLog(getattr(sitk, "LoggerBase", object)):  # SimpleITK >= 2.3
+    """ITK's output window as a logger: every text ITK displays goes to the log file (DEBUG/INFO level,
+    below what the console handler shows)."""
+
+    def DisplayText(self, text: str) -> None:  # ITK's method names
+        log.debug("ITK: %s", " ".join(str(text).split()))
+
+    def DisplayErrorText(self, text: str) -> None:
+        log.info("ITK error: %s", " ".join(str(text).split()))
+
+    def DisplayWarningText(self, text: str) -> None:
+        log.info("ITK warning: %s", " ".join(str(text).split()))
+
+    def DisplayGenericOutputText(self, text: str) -> None:
+        log.debug("ITK: %s", " ".join(str(text).split()))
+
+    def DisplayDebugText(self, text: str) -> None:
+        log.debug("ITK debug: %s", " ".join(str(text).split()))
+
+
+_itk_logger: list = []  # the installed logger and ITK's previous one (kept alive)
+
+
+def route_itk_messages_to_log() -> bool:
+    """Send ITK's own messages ("WARNING: In /tmp/SimpleITK-build/...") to the log file instead of the
+    terminal; once per process. False where this SimpleITK cannot (older than 2.3)."""
+    if _itk_logger:
+        return True
+    if not hasattr(sitk, "LoggerBase"):
+        return False
+    logger = _ItkLog()
+    _itk_logger.extend([logger, logger.SetAsGlobalITKLogger()])
+    return True

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from sd_fsmis.core.geometry import Geometry
+
+if TYPE_CHECKING:
+    from sd_fsmis.core.io.dicom.regularize import Regularization
 
 
 @dataclass
@@ -27,10 +31,18 @@ class VolumeMetadata:
     source_path: str = ""
     source_format: str = ""  # "dicom", "dicomdir", "nifti", ...
     files: list[str] = field(default_factory=list)  # DICOM files in slice order
+    #: set when the series' slices were irregular (missing, uneven, tilted) and the volume was resampled to
+    #: a regular grid: where each file's slice lies on it (``files[i]`` is acquired slice ``i``)
+    regularization: Regularization | None = None
+    #: False when the file gives no patient orientation (a DICOM image without Image Orientation (Patient),
+    #: such as a planar NM or X-ray; a picture; a NIfTI without qform and sform): its direction is then a
+    #: stand-in, and no anatomical labels (axial, R/L, A/P) may be shown for it
+    oriented: bool = True
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d.pop("files")
+        d["regularization"] = self.regularization.note if self.regularization is not None else None
         return d
 
 

@@ -91,3 +91,68 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_dicom_series(
+    folder: Path,
+    values,
+    *,
+    uid: str = "1.2.826.0.1.3680043.8.498.100",
+    positions: list[float] | None = None,
+    offsets: list[tuple[float, float, float]] | None = None,
+    orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    origin: tuple[float, float, float] = (-20.0, -30.0, 10.0),
+    spacing: tuple[float, float] = (0.8, 0.9),
+    extra: dict | None = None,
+) -> list[Path]:
+    """Write ``values`` [z, y, x] as one CT DICOM file per slice (SimpleITK), slice ``i`` at
+    ``origin + positions[i] * normal + offsets[i]`` (mm); ``extra``: ``{i: {"gggg|eeee": value}}``."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    normal = np.cross(row, col)
+    positions = list(range(len(values))) if positions is None else positions
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    paths = []
+    for i, (plane, z) in enumerate(zip(values, positions)):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(plane))
+        image.SetSpacing(spacing)
+        position = np.asarray(origin) + z * normal + (np.asarray(offsets[i]) if offsets else 0.0)
+        tags = {
+            "0008|0016": CT_IMAGE_STORAGE,
+            "0008|0018": f"{uid}.{i + 1}",
+            "0008|0060": "CT",
+            "0008|103e": "test series",
+            "0010|0010": "Test^Patient",
+            "0010|0020": "TEST-001",
+            "0020|000d": "1.2.826.0.1.3680043.8.498.1",
+            "0020|000e": uid,
+            "0020|0052": "1.2.826.0.1.3680043.8.498.2",
+            "0020|0013": str(i + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in orientation),
+            "0028|1052": "0",
+            "0028|1053": "1",
+        }
+        tags.update((extra or {}).get(i, {}))
+        for key, value in tags.items():
+            if value is None:
+                continue
+            image.SetMetaData(key, value)
+        path = folder / f"slice_{i + 1:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(image)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def dicom_series_writer():
+    """``dicom_series_writer(folder, values, positions=..., offsets=...)``: a CT series written here."""
+    return write_dicom_series

@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from sd_fsmis.core.evaluation.folds import EvaluationError, parse_folds
     from sd_fsmis.core.evaluation.protocols import PROTOCOLS, evaluate
     from sd_fsmis.core.io.datasets import FewShotDataset
+    from sd_fsmis.core.io.destinations import check_destination
     from sd_fsmis.terminal import progress_bar
 
     own_volume = PROTOCOLS[args.protocol].supports_from_query
@@ -141,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out and not str(args.out).lower().endswith(".json"):
         raise EvaluationError(f"--out {args.out}: the report is JSON; use a name ending in .json")
     dataset = FewShotDataset.open(args.data)
+    if args.out:  # before the work: a report that cannot be written is known now, not in an hour
+        check_destination(args.out, dataset.inputs(), option="--out")
     engine = load_engine(args.model, device=args.device, batch_size=args.batch_size)
     if args.threads is not None and hasattr(engine, "workers"):
         engine.workers = args.threads  # the built-in engines' thread pool
@@ -159,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
             save_predictions=args.save_predictions,
             progress=progress,
         )
+    for note in report.notes:  # what the table shows as "—", and why
+        print(f"sd-fsmis: warning: {note}", file=sys.stderr)
     if args.out:
         report.save(args.out)
     if args.json:

@@ -54,7 +54,7 @@ def format_table(path: str, series: list) -> str:
                 "x".join(str(v) for v in s.size) + (f"x{s.n_volumes}" if s.n_volumes > 1 else ""),
                 " x ".join(_num(v) for v in s.spacing),
                 ", ".join(_num(v, 1) for v in s.origin),
-                orientation_code(s.direction),
+                orientation_code(s.direction) if s.oriented else "none",
                 str(s.n_files),
             )
         )
@@ -64,7 +64,11 @@ def format_table(path: str, series: list) -> str:
     indent = " " * (widths[0] + 2)
     for s, row in zip(series, rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if orientation_code(s.direction).endswith("oblique"):
+        if not s.oriented:
+            lines.append(
+                f"{indent}no patient orientation in the file: shown as stored, without R/L, A/P labels"
+            )
+        elif orientation_code(s.direction).endswith("oblique"):
             cosines = ", ".join(f"{v:.4f}" for v in s.direction)
             lines.append(f"{indent}direction cosines: {cosines}")
         lines.extend(f"{indent}warning: {w}" for w in s.warnings)

@@ -90,13 +90,19 @@ def _same_study(a: str, sa: str | None, b: str, sb: str | None) -> bool:
 def run(args: argparse.Namespace) -> int:
     from sd_fsmis.core.engines.segmentation import SupportSource, segment_volume, support_mask_for_label
     from sd_fsmis.core.errors import MaskError, UserError
+    from sd_fsmis.core.io.destinations import Inputs, check_destination
     from sd_fsmis.core.io.imagefile import is_nifti
-    from sd_fsmis.core.io.labelmap import LabelMap
+    from sd_fsmis.core.io.labelmap import LabelMap, labels_sidecar_path, refuse_image_as_mask
     from sd_fsmis.core.io.loader import load_volume
     from sd_fsmis.terminal import progress_bar
 
     if not is_nifti(args.out):
         raise UserError(f"--out {args.out}: the mask is written as NIfTI; use a name ending in .nii.gz")
+    inputs = Inputs().add(args.query, "the query study (--query)")
+    inputs.add(args.support, "the support study (--support)")
+    inputs.add(args.support_mask, "the support mask (--support-mask)")
+    sidecar = labels_sidecar_path(args.out)
+    check_destination(args.out, inputs, option="--out", also=[sidecar])
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if not 1 <= args.label <= 65535:
@@ -104,15 +110,25 @@ def run(args: argparse.Namespace) -> int:
     support_slices = _parse_indices(args.support_slices, "--support-slices")
     query_slices = _parse_range(args.slices)
 
-    query = load_volume(args.query, args.query_series)
     support_path = args.support or args.query
+    refuse_image_as_mask(args.support_mask, [args.query, support_path], "--support-mask")
+    query = load_volume(args.query, args.query_series)
+    # the mask is uint8 (gzip makes it far smaller): the disk must hold at least that
+    check_destination(
+        args.out, inputs, option="--out", also=[sidecar], size_hint=_mask_bytes(query, args.out)
+    )
     support_series = args.support_series if args.support else args.query_series
     is_query = _same_study(support_path, support_series, args.query, args.query_series)
     support = query if is_query else load_volume(support_path, support_series)
     support_labels = LabelMap.load(args.support_mask, like=support.geometry, like_name="support image")
+    refuse_image_as_mask(support_labels, [support], "--support-mask")
     mask = support_mask_for_label(support_labels, args.label, Path(args.support_mask).name)
     label_name = args.label_name or support_labels.label(args.label).name
 
+    # said once, before the work: what loading changed (a regular grid for irregular slices, NaN, ...)
+    for what, volume in [("query", query)] + ([] if is_query else [("support", support)]):
+        for warning in volume.warnings:
+            print(f"sd-fsmis: note: {what}: {warning}", file=sys.stderr)
     engine = _load_engine(args)
     source = SupportSource(
         volume=support, mask=mask, slices=support_slices, is_query=is_query, name=str(support_path)
@@ -140,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
         "volume_ml": float(outcome.mask.sum() * _voxel_ml(query)),
         "slices_with_label": int(outcome.mask.any(axis=(1, 2)).sum()),
         "seconds": round(outcome.seconds, 3),
+        "query_warnings": list(query.warnings),
     }
+    if "grid" in outcome.settings:  # the query was resampled to a regular grid: the record says so
+        summary["grid"] = outcome.settings["grid"]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -159,6 +178,12 @@ def _load_engine(args: argparse.Namespace):
     name = args.model or default_engine_name()
     precision = None if args.precision == "auto" else args.precision
     return load_engine(name, device=args.device, batch_size=args.batch_size, precision=precision)
+
+
+def _mask_bytes(volume, out: str) -> int:
+    """What the mask file may take on disk: a byte per voxel, a tenth of it when compressed."""
+    voxels = int(volume.array.size)
+    return voxels // 10 if str(out).lower().endswith(".gz") else voxels
 
 
 def _voxel_ml(volume) -> float:

@@ -192,8 +192,14 @@ def segment_volume(
         support_slices=supports,
         query_slices=request.slice_indices,
         seconds=seconds,
-        settings={"assignment": assignment, "label": label, "label_name": name},
+        settings={"assignment": assignment, "label": label, "label_name": name, **_grid_note(query)},
     )
+
+
+def _grid_note(query: Volume) -> dict:
+    """The run's record of a query resampled to a regular grid (irregular DICOM slices)."""
+    plan = query.metadata.regularization
+    return {"grid": plan.note} if plan is not None else {}
 
 
 def support_mask_for_label(label_map: LabelMap, label: int, source_name: str = "") -> np.ndarray:

@@ -49,25 +49,42 @@ def fold_split(
     n_folds: int = N_FOLDS,
     shots: int = 1,
     support_position: int = SUPPORT_POSITION,
+    protocol: str = "this protocol",
 ) -> FoldSplit:
     """The volumes of ``fold`` among ``ids`` (sorted here as integers); see the module docstring."""
     ordered = sorted(int(i) for i in ids)
     n = len(ordered)
-    block = n // n_folds
-    if block < 1:
-        raise EvaluationError(f"{n} volumes are too few for {n_folds} folds")
     if not 0 <= int(fold) < n_folds:
         raise EvaluationError(f"fold {fold} does not exist: folds are 0..{n_folds - 1} (or 'all')")
     if shots < 1:
         raise EvaluationError("--shots must be at least 1")
+    block = n // n_folds
     size = block + shots
-    if size > n or support_position + shots > size:
-        raise EvaluationError(f"{shots} support volumes do not fit a fold of {n} volumes")
+    if block < 1 or size > n or support_position + shots > size:
+        need = volumes_needed(n_folds, shots, support_position)
+        raise EvaluationError(
+            f"{protocol} needs at least {need} volumes for {n_folds} folds and {shots}-shot, and the data "
+            f"has {n}: a fold holds {n} // {n_folds} = {block} query volume(s) plus {shots} support "
+            f"volume(s), and the support is the fold's volume at position {support_position} (after "
+            f"{support_position} query volumes, as in the literature), so each fold needs {support_position} "
+            "query volumes or more; with fewer volumes, use --protocol "
+            "study or clinical (the supports are painted on each volume itself)"
+        )
     positions = [(block * int(fold) + j) % n for j in range(size)]
     fold_ids = [ordered[p] for p in positions]
     supports = fold_ids[support_position : support_position + shots]
     queries = [i for i in fold_ids if i not in supports]
     return FoldSplit(int(fold), positions, fold_ids, supports, queries)
+
+
+def volumes_needed(n_folds: int = N_FOLDS, shots: int = 1, support_position: int = SUPPORT_POSITION) -> int:
+    """The fewest volumes a fold protocol can split into ``n_folds`` folds (see :func:`fold_split`)."""
+    n = 1
+    while True:
+        block = n // n_folds
+        if block >= 1 and block + shots <= n and support_position + shots <= block + shots:
+            return n
+        n += 1
 
 
 def ep1_chunks(labelled: Sequence[int], n_chunks: int = N_CHUNKS) -> dict[int, int]:

@@ -74,6 +74,7 @@ from sd_fsmis.core.evaluation.folds import (
 from sd_fsmis.core.evaluation.metrics import surface_distances
 from sd_fsmis.core.evaluation.report import EvaluationReport, QueryResult
 from sd_fsmis.core.io.datasets import FewShotDataset
+from sd_fsmis.core.io.destinations import Inputs, check_destination_folder
 from sd_fsmis.core.io.labelmap import Label, LabelMap
 from sd_fsmis.core.io.loader import load_volume
 from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback, ProgressReporter
@@ -213,6 +214,10 @@ def evaluate(
     spec = PROTOCOLS[name]
     if shots < 1:
         raise EvaluationError("--shots must be at least 1")
+    inputs = dataset.inputs()
+    out_dir = Path(save_predictions) if save_predictions is not None else None
+    if out_dir is not None:  # before any work; the folder itself is created by the first prediction
+        check_destination_folder(out_dir, inputs, option="--save-predictions")
     label_maps: dict[int, LabelMap] = {}  # small (uint8): kept for the whole run
 
     def label_map(case_id: int) -> LabelMap:
@@ -220,6 +225,7 @@ def evaluate(
             label_maps[case_id] = LabelMap.load(dataset.case(case_id).label, labels=dataset.class_names)
         return label_maps[case_id]
 
+    skipped: dict[tuple[int, int], str] = {}  # (fold, class) -> why it is not scored there
     if spec.supports_from_query:
         splits, wanted = _own_volume_split(dataset, ids, labels, label_map)
     else:
@@ -229,20 +235,34 @@ def evaluate(
                 f"a list of volumes (ids) applies to the {own} protocols; {name} uses folds"
             )
         fold_list = list(range(n_folds)) if folds is None else sorted({int(f) for f in folds})
-        splits = [fold_split(dataset.ids, f, n_folds=n_folds, shots=shots) for f in fold_list]
-        wanted = _fold_classes(dataset, splits, labels, label_map)
+        splits = [
+            fold_split(dataset.ids, f, n_folds=n_folds, shots=shots, protocol=name.upper()) for f in fold_list
+        ]
+        wanted, skipped = _fold_classes(dataset, splits, labels, label_map)
+    absent = _classes_in_no_volume(dataset, splits, wanted, label_map)
+    for value in absent:
+        for split in splits:
+            skipped[(split.fold, value)] = "in no label map"
+    notes = _class_notes(dataset, skipped, absent)
+    for note in notes:  # the report carries them: the command line prints them, the log keeps them
+        log.info("%s", note)
     # Plan first (label maps only: cheap), so that progress knows the total number of slices.
     plan: list[tuple[FoldSplit, int, int, list[int], list[int]]] = []
     for split in splits:
         for qid in split.query_ids:
             for value in wanted:
+                if (split.fold, value) in skipped:
+                    continue
                 ref = label_map(qid).binary(value)
                 labelled = labelled_slices(ref)
                 if spec.supports_from_query and not labelled:
                     continue  # a class absent from this volume is not scored here
                 painted = spec.support_slices(labelled, shots) if spec.supports_from_query else []
                 plan.append((split, qid, value, painted, spec.query_slices(ref, painted)))
-    out_dir = Path(save_predictions) if save_predictions is not None else None
+    if out_dir is not None:  # every file the run will write, before the work: none may be an input
+        for split, qid, value, _, _ in plan:
+            inputs.refuse(out_dir / prediction_path(split.fold, qid, value), "--save-predictions")
+        inputs.refuse(out_dir / "evaluation.json", "--save-predictions")
     start = time.perf_counter()
     report = EvaluationReport(
         model=model_name or getattr(engine, "name", "engine"),
@@ -254,6 +274,8 @@ def evaluate(
         engine=_engine_config(engine),
         splits=splits,
         pooled=pooled,
+        skipped={key: reason for key, reason in skipped.items()},
+        notes=notes,
     )
     cache: dict[int, _Case] = {}  # volumes: only those of the current fold (or the current volume)
     reporter = ProgressReporter(sum(len(p[4]) for p in plan), progress, cancel)
@@ -266,7 +288,7 @@ def evaluate(
                 cache[case_id] = _load_case(dataset, case_id, label_map(case_id))
         query = _Query(split, qid, value, painted, slices)
         result = _evaluate_query(
-            spec, query, cache, shots, engine, dataset, reporter, cancel, surface, out_dir
+            spec, query, cache, shots, engine, dataset, reporter, cancel, surface, out_dir, inputs
         )
         report.queries.append(result)
         log.info(
@@ -284,27 +306,71 @@ def evaluate(
     return report
 
 
+def prediction_path(fold: int, query_id: int, label: int) -> Path:
+    """Where ``--save-predictions`` puts one prediction, relative to its folder."""
+    return Path(f"fold{fold}") / f"pred_{query_id}_label{label}.nii.gz"
+
+
 def _fold_classes(
     dataset: FewShotDataset,
     splits: list[FoldSplit],
     labels: Sequence[int] | None,
     label_map: Callable[[int], LabelMap],
-) -> list[int]:
-    """The classes asked for, which every support volume must hold; by default all the classes that every
-    support volume holds (CHAOS: 1..4)."""
+) -> tuple[list[int], dict[tuple[int, int], str]]:
+    """The classes to evaluate and, per fold, those that cannot be: a class must be in every support
+    volume of a fold to be segmented there. By default every class of the support volumes and of the
+    dataset's class names (a class a fold cannot score is shown as "—" with its reason, not dropped).
+    A class asked for that no volume holds is refused."""
     in_supports = [(s, sid, set(label_map(sid).present_labels())) for s in splits for sid in s.support_ids]
     if labels is None:
-        wanted = sorted(set.intersection(*(present for _, _, present in in_supports)))
-        if not wanted:
-            raise EvaluationError("the support volumes share no labelled class")
-        return wanted
-    wanted = _check_classes(labels)
+        wanted = sorted(
+            set().union(*(present for _, _, present in in_supports)) | set(dataset.declared_classes)
+        )
+        if not any(present for _, _, present in in_supports):
+            raise EvaluationError("the support volumes hold no labelled class")
+    else:
+        wanted = _check_classes(labels)
+        in_data = set().union(*(set(label_map(i).present_labels()) for s in splits for i in s.ids))
+        unknown = [v for v in wanted if v not in in_data]
+        if unknown:
+            names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in unknown)
+            raise EvaluationError(f"unknown label {names}: in none of the volumes of the folds")
+    skipped: dict[tuple[int, int], str] = {}
     for split, sid, present in in_supports:
-        missing = [v for v in wanted if v not in present]
-        if missing:
-            names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in missing)
-            raise EvaluationError(f"unknown label {names}: not in support volume {sid} of fold {split.fold}")
-    return wanted
+        for value in wanted:
+            if value not in present and (split.fold, value) not in skipped:
+                skipped[(split.fold, value)] = f"not in support volume {sid}"
+    return wanted, skipped
+
+
+def _classes_in_no_volume(
+    dataset: FewShotDataset, splits: list[FoldSplit], wanted: list[int], label_map: Callable[[int], LabelMap]
+) -> list[int]:
+    """The wanted classes that no volume of the splits holds (a class the manifest names, absent)."""
+    present = set().union(*(set(label_map(i).present_labels()) for s in splits for i in s.ids))
+    return [v for v in wanted if v not in present]
+
+
+def _class_notes(
+    dataset: FewShotDataset, skipped: dict[tuple[int, int], str], absent: list[int]
+) -> list[str]:
+    """One warning per class that is not scored somewhere, saying where and why."""
+    notes = [
+        f"class {v} ({dataset.class_name(v)}) is listed in {dataset.root.name} but is in no label map: "
+        "not evaluated (—)"
+        for v in absent
+    ]
+    by_class: dict[int, list[str]] = {}
+    for (fold, value), reason in sorted(skipped.items()):
+        if value not in absent:
+            by_class.setdefault(value, []).append(f"fold {fold} ({reason})")
+    for value, where in by_class.items():
+        notes.append(
+            f"class {value} ({dataset.class_name(value)}) cannot be segmented in "
+            + ", ".join(where)
+            + ": shown as — there, averaged over the other folds"
+        )
+    return notes
 
 
 def _own_volume_split(
@@ -319,17 +385,21 @@ def _own_volume_split(
         raise EvaluationError("no volume to evaluate")
     in_any = set().union(*(set(label_map(i).present_labels()) for i in id_list))
     if labels is None:
-        wanted = sorted(in_any)
-        if not wanted:
+        if not in_any:
             raise EvaluationError(f"volumes {', '.join(map(str, id_list))} hold no labelled class")
+        wanted = sorted(in_any | set(dataset.declared_classes))  # a declared class in no volume: shown as —
+        return [_own_split(dataset, id_list)], wanted
     else:
         wanted = _check_classes(labels)
     missing = [v for v in wanted if v not in in_any]
     if missing:
         names = ", ".join(f"{v} ({dataset.class_name(v)})" for v in missing)
         raise EvaluationError(f"unknown label {names}: in none of the volumes {', '.join(map(str, id_list))}")
-    split = FoldSplit(0, [dataset.ids.index(i) for i in id_list], id_list, list(id_list), list(id_list))
-    return [split], wanted
+    return [_own_split(dataset, id_list)], wanted
+
+
+def _own_split(dataset: FewShotDataset, id_list: list[int]) -> FoldSplit:
+    return FoldSplit(0, [dataset.ids.index(i) for i in id_list], id_list, list(id_list), list(id_list))
 
 
 @dataclass(frozen=True)
@@ -354,6 +424,7 @@ def _evaluate_query(
     cancel: CancelToken | None,
     surface: bool,
     out_dir: Path | None,
+    inputs: Inputs,
 ) -> QueryResult:
     """Segment one class in one query volume as ``spec`` says, and score it on the protocol's slices."""
     query = cases[q.qid]
@@ -429,9 +500,10 @@ def _evaluate_query(
         hd95, assd = surface_distances(pred, scored, spacing)
     saved = ""
     if out_dir is not None:
-        rel = Path(f"fold{q.split.fold}") / f"pred_{q.qid}_label{q.value}.nii.gz"
+        rel = prediction_path(q.split.fold, q.qid, q.value)
         array = np.zeros(ref.shape, dtype=np.uint8 if q.value <= 255 else np.uint16)
         array[pred] = q.value
+        inputs.refuse(out_dir / rel, "--save-predictions")
         LabelMap(array, query.volume.geometry, {q.value: Label.default(q.value, name)}).save(out_dir / rel)
         saved = rel.as_posix()
     return QueryResult(

@@ -73,6 +73,10 @@ class EvaluationReport:
     queries: list[QueryResult] = field(default_factory=list)
     seconds_total: float = 0.0
     pooled: bool = False
+    #: ``{(fold, class): why}``: classes a fold could not score (not in its support volume, in no label map)
+    skipped: dict[tuple[int, int], str] = field(default_factory=dict)
+    #: warnings about the classes (what is shown as "—" and why), for the command line and the JSON
+    notes: list[str] = field(default_factory=list)
 
     # ----------------------------------------------------------------------------------- aggregates
     def _per_fold(self, key: Callable[[list[QueryResult]], float]) -> dict[int, dict[int, float]]:
@@ -154,6 +158,11 @@ class EvaluationReport:
                 for f in self.folds
             ],
             "summary": summary,
+            "not_scored": [
+                {"fold": fold, "label": label, "reason": reason}
+                for (fold, label), reason in sorted(self.skipped.items())
+            ],
+            "notes": list(self.notes),
             "queries": [q.to_dict() for q in self.queries],
             "seconds_total": round(self.seconds_total, 3),
         }
@@ -173,8 +182,9 @@ class EvaluationReport:
             prow.append(_pct(_nanmean(list(pooled.values()))))
             lines.append("| " + " | ".join([*prow, ""]) + " |")
         lines += ["", "| fold | " + " | ".join([*names, "Mean"]) + " |", "|" + "---|" * (len(names) + 2)]
+        marks = self._footnotes()
         for f, per_label in self.fold_dice().items():
-            values = [_pct(per_label[k]) for k in self.labels]
+            values = [_pct(per_label[k]) + marks.get((f, k), ("", ""))[0] for k in self.labels]
             lines.append(f"| {f} | " + " | ".join([*values, _pct(_nanmean(list(per_label.values())))]) + " |")
         if per_query:
             lines += ["", "| fold | query | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
@@ -189,7 +199,22 @@ class EvaluationReport:
         lines += ["", "| mm | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
         lines.append("| HD95 | " + " | ".join(_mm(hd[k]) for k in self.labels) + " |")
         lines.append("| ASSD | " + " | ".join(_mm(assd[k]) for k in self.labels) + " |")
+        notes = dict(marks.values())
+        if notes:
+            lines += ["", *(f"{mark} — {text}" for mark, text in notes.items())]
         return "\n".join(lines)
+
+    def _footnotes(self) -> dict[tuple[int, int], tuple[str, str]]:
+        """``{(fold, class): (mark, "class: why")}`` for the cells a fold could not score."""
+        marks: dict[str, str] = {}
+        out: dict[tuple[int, int], tuple[str, str]] = {}
+        for (fold, label), reason in sorted(self.skipped.items()):
+            if label not in self.labels:
+                continue
+            text = f"{_short(self.labels[label])}: {reason}"
+            mark = marks.setdefault(text, "*" * (len(marks) + 1))
+            out[(fold, label)] = (mark, text)
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the report as JSON (atomically)."""
@@ -211,8 +236,8 @@ def _short(name: str) -> str:
 
 
 def _pct(x: float) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+    return "—" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
 
 def _mm(x: float) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.2f}"
+    return "—" if x is None or math.isnan(x) else f"{x:.2f}"

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, then rename it into place.
 
-A crash, a cancelled job or a full disk leaves either the old file or the new one, never half of one.
+A crash, a cancelled job or a full disk leaves either the old file or the new one, never half of one, and
+no folder that the failed write created. A failure is one line naming the target (never the temporary
+file): an :class:`~sd_fsmis.core.io.destinations.OutputError`, which is also an ``OSError``.
 """
 
 from __future__ import annotations
@@ -39,11 +41,18 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     (SimpleITK, nibabel) write the right one. On any exception the temporary file is removed and the
     target is untouched.
     """
+    from sd_fsmis.core.io.destinations import output_error
+
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
-    )
+    created = _missing_folders(target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=f".tmp{_suffixes(target)}", dir=target.parent
+        )
+    except OSError as exc:
+        _remove_empty(created)
+        raise output_error(target, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the file the mode a plain open() would (or the replaced file's mode).
@@ -57,10 +66,31 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        _remove_empty(created)
+        if isinstance(exc, OSError):
+            raise output_error(target, exc) from exc
         raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed write created (deepest first), where they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -59,6 +59,9 @@ class FewShotDataset:
     root: Path
     cases: list[Case]
     class_names: dict[int, str] = field(default_factory=lambda: dict(CHAOS_CLASSES))
+    #: the classes a manifest lists itself ("classes"): evaluated even where no label map holds them, so
+    #: that their absence is shown rather than passed over (a folder declares none)
+    declared_classes: tuple[int, ...] = ()
 
     @classmethod
     def open(
@@ -111,6 +114,19 @@ class FewShotDataset:
     def class_name(self, label: int) -> str:
         return self.class_names.get(int(label), f"Label {int(label)}")
 
+    def inputs(self):
+        """The files this dataset reads (manifest, images, label maps, supervoxels): never written over."""
+        from sd_fsmis.core.io.destinations import Inputs
+
+        inputs = Inputs()
+        if self.root.is_file():
+            inputs.add(self.root, f"the manifest {self.root.name}")
+        for case in self.cases:
+            inputs.add(case.image, f"the image of case {case.id}")
+            inputs.add(case.label, f"the label map of case {case.id}")
+            inputs.add(case.supervoxels, f"the supervoxels of case {case.id}")
+        return inputs
+
 
 def _open_manifest(path: Path, class_names: Mapping[int, str] | None) -> FewShotDataset:
     """Read a JSON or CSV manifest (see the module docstring)."""
@@ -154,9 +170,10 @@ def _open_manifest(path: Path, class_names: Mapping[int, str] | None) -> FewShot
         names = {int(k): str(v) for k, v in dict(classes).items()}
     except (TypeError, ValueError):
         raise DatasetError(f'{path}: classes must map label values to names, e.g. {{"1": "liver"}}') from None
+    declared = tuple(sorted(names))
     if class_names is not None:
         names.update(class_names)
-    return FewShotDataset(path, cases, names)
+    return FewShotDataset(path, cases, names, declared)
 
 
 def _first_existing(folder: Path, stem: str) -> Path | None:

@@ -19,8 +19,12 @@ Both files are written atomically (temporary file + rename). A mask without a si
 ("Label 3") and ITK-SNAP's default colour order, or the names a caller passes (e.g. :data:`CHAOS_MR_ORGANS`).
 
 Masks made by other tools are accepted when they hold whole numbers 0..65535 in any pixel type (float
-0.0/1.0 masks are common); fractional, negative or too-large values, 2-D, 4-D and multi-component images
-are refused with :class:`~sd_fsmis.core.errors.MaskError`.
+0.0/1.0 masks are common); a 2-D image is a one-slice mask, as it is a one-slice volume. Fractional,
+negative, NaN/infinite or too-large values, 4-D and multi-component images are refused with
+:class:`~sd_fsmis.core.errors.MaskError`, and so is a file that cannot be a label map although its values
+are whole numbers: an intensity image (more than :data:`MAX_PLAUSIBLE_LABELS` different values, or values
+that change from voxel to voxel like an image's), or the very image it is meant to label
+(:func:`refuse_image_as_mask`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from sd_fsmis.core.errors import GeometryMismatchError, MaskError
 from sd_fsmis.core.geometry import Geometry
 from sd_fsmis.core.io import nifti
 from sd_fsmis.core.io.atomic import atomic_path
+from sd_fsmis.core.io.destinations import output_error
 from sd_fsmis.core.io.imagefile import check_readable_file, is_nifti, itk_reason, read_image
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,16 @@ RGB = tuple[int, int, int]
 
 #: Largest label value a label map can hold (uint16).
 MAX_LABEL = 65535
+
+#: More different labels than this in one file: an intensity image, not a label map (an organ atlas has
+#: about a hundred; a CT or MR image has hundreds to thousands of different values).
+MAX_PLAUSIBLE_LABELS = 255
+
+#: With more labels than this, a file whose neighbouring labelled voxels differ more often than
+#: :data:`IMAGE_LIKE_CHANGE_FRACTION` is an image's intensities (label regions are mostly uniform inside:
+#: a CHAOS label map changes between 2 % of its neighbouring voxels, its MR image between 90 %).
+IMAGE_LIKE_MIN_VALUES = 32
+IMAGE_LIKE_CHANGE_FRACTION = 0.5
 
 SIDECAR_SUFFIX = ".labels.json"
 SIDECAR_FORMAT = "sd-fsmis label map"
@@ -333,7 +348,10 @@ class LabelMap:
             try:
                 sitk.WriteImage(image, str(tmp_image), useCompression=target.name.lower().endswith(".gz"))
             except RuntimeError as exc:
-                raise OSError(f"{target}: cannot write the mask ({itk_reason(exc)})") from exc
+                # ITK's message names the temporary file and gives no errno: name the user's file, and
+                # say when the disk is full
+                reason = itk_reason(exc).replace(str(tmp_image), target.name)
+                raise output_error(target, OSError(_itk_write_errno(target), reason)) from exc
             tmp_sidecar.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
         log.info("saved label map %s (%s labels)", target, len(self.labels))
         return target
@@ -361,10 +379,19 @@ class LabelMap:
             # reads NIfTI-2; images of more than 3 dimensions go to SimpleITK so that _as_3d_scalar says why
             header = nifti.read_header(p)
             nifti.check_complete(p, header)
+            # ITK turns NaN and infinite voxels into 0 without a word: count them in the file itself
+            non_finite = sum(nifti.count_non_finite(p, header).values())
             image = nifti.read_image(p, header) if header.ndim <= 3 else read_image(p)
         else:
             image = read_image(p)
+            non_finite = 0
         image = _as_3d_scalar(image, p)
+        if image.GetSize()[2] == 1 and is_nifti(p) and header.ndim == 2:
+            # a 2-D mask: one slice, placed and turned as its header says (as the study loader does)
+            origin, spacing, direction = nifti.header_geometry(header)
+            image.SetOrigin(origin)
+            image.SetSpacing(spacing)
+            image.SetDirection(direction)
         geometry = Geometry.from_image(image)
         warnings: list[str] = []
         table = make_labels(labels)
@@ -375,10 +402,16 @@ class LabelMap:
             except (ValueError, KeyError, TypeError, MaskError, OSError) as exc:
                 warnings.append(f"{sidecar.name}: label names not read ({exc}); default names used")
                 log.warning("%s", warnings[-1])
+        if non_finite:
+            raise MaskError(
+                f"{p}: {non_finite} voxel(s) are NaN or infinite; "
+                f"a label map holds whole numbers 0..{MAX_LABEL}"
+            )
         try:
             label_map = cls.from_array(sitk.GetArrayFromImage(image), geometry, table)
         except MaskError as exc:
             raise MaskError(f"{p}: {exc}") from None
+        _refuse_intensity_image(label_map, p)
         label_map.warnings.extend(warnings)
         if like is not None and not geometry.matches(like):
             if not resample:
@@ -386,6 +419,70 @@ class LabelMap:
             label_map = label_map.resampled(like)
             log.info("%s: %s", p, label_map.warnings[-1])
         return label_map
+
+
+def refuse_image_as_mask(
+    mask: str | os.PathLike[str] | LabelMap, images: Iterable[object], option: str = "the mask"
+) -> None:
+    """Raise :class:`MaskError` when a mask given for an image is that image itself.
+
+    ``mask`` is a path (compared with the image paths: the same file, links included) or a loaded
+    :class:`LabelMap` (compared with the images' voxels, ``Volume`` objects: the same values).
+    """
+    for image in images:
+        if image is None:
+            continue
+        if isinstance(mask, LabelMap):
+            array = getattr(image, "array", None)
+            if (
+                array is not None
+                and array.shape == mask.array.shape
+                and len(mask.present_labels()) > 2
+                and np.array_equal(array, mask.array)
+            ):
+                raise MaskError(
+                    f"{option}: the label map holds the image's own voxel values: it is the image, not a mask"
+                )
+            continue
+        try:
+            same = Path(image).is_file() and os.path.samefile(mask, image)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            same = False
+        if same:
+            raise MaskError(f"{option} {mask} is the image itself, not a label map painted on it")
+
+
+def _refuse_intensity_image(label_map: LabelMap, path: Path) -> None:
+    """Refuse a file of whole numbers that is an image's intensities rather than a label map."""
+    values = label_map.present_labels()
+    n = len(values)
+    if n > MAX_PLAUSIBLE_LABELS:
+        raise MaskError(
+            f"{path}: not a label map: it holds {n} different values ({values[0]} to {values[-1]}), like an "
+            f"image's intensities; a label map holds a few labels (at most {MAX_PLAUSIBLE_LABELS})"
+        )
+    if n > IMAGE_LIKE_MIN_VALUES:
+        arr = label_map.array
+        labelled = arr[..., :-1] != 0
+        changes = (arr[..., 1:] != arr[..., :-1]) & labelled
+        fraction = float(changes.sum()) / max(1, int(labelled.sum()))
+        if fraction > IMAGE_LIKE_CHANGE_FRACTION:
+            raise MaskError(
+                f"{path}: not a label map: its {n} values change from one voxel to the next in "
+                f"{100 * fraction:.0f} % of places, like an image's intensities; a label map holds regions "
+                "of one label each"
+            )
+
+
+def _itk_write_errno(target: Path) -> int | None:
+    """ENOSPC when the target's disk is (nearly) full: why ITK could not write, as far as one can tell."""
+    import errno
+    import shutil
+
+    try:
+        return errno.ENOSPC if shutil.disk_usage(target.parent).free < 2**20 else None
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -432,7 +529,8 @@ def _present_values(arr: np.ndarray) -> list[int]:
 
 
 def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:
-    """The image as a 3-D scalar image; 2-D, 4-D (several volumes) and vector images are refused."""
+    """The image as a 3-D scalar image (2-D: one slice); 4-D (several volumes) and vector images are
+    refused."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise MaskError(
             f"{path}: a mask has one value per voxel; this image has "
@@ -444,6 +542,8 @@ def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:
         return sitk.Extract(image, size, [0, 0, 0, 0])
     if dim == 4:
         raise MaskError(f"{path}: a 4-D image ({image.GetSize()[3]} volumes) cannot be used as a mask")
+    if dim == 2:  # a one-slice mask, as a 2-D image is a one-slice volume
+        return sitk.JoinSeries(image)
     if dim != 3:
         raise MaskError(f"{path}: a mask must be a 3-D image, this one is {dim}-D")
     return image

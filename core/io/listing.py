@@ -28,6 +28,10 @@ from sd_fsmis.core.quiet import quiet_libraries
 
 COLOUR_WARNING = "colour image: converted to grey values (luminance)"
 
+#: Image formats (SimpleITK's reader names) whose files place the image in patient space; pictures
+#: (PNG, JPEG, BMP, TIFF, ...) do not.
+ORIENTED_FORMATS = ("nrrd", "meta", "nifti", "gipl", "vtk", "mrc")
+
 
 def dicom_uid(info: SeriesInfo) -> str:
     return info.source.series_instance_uid if isinstance(info.source, DicomSeries) else ""
@@ -71,6 +75,7 @@ class SeriesInfo:
     series_number: int | None = None
     study_description: str = ""
     n_volumes: int = 1  # > 1: a 4-D image, of which only the first volume can be loaded
+    oriented: bool = True  # False: no patient orientation in the file (the direction is a stand-in)
     error: str = ""
     files: tuple[str, ...] = field(default=(), repr=False)
     source: object = field(default=None, repr=False, compare=False)  # how to read it (internal)
@@ -98,6 +103,7 @@ class SeriesInfo:
             "direction": list(self.direction),
             "n_files": self.n_files,
             "n_volumes": self.n_volumes,
+            "oriented": self.oriented,
             "series_number": self.series_number,
             "study_description": self.study_description,
             "warnings": list(self.warnings),
@@ -192,7 +198,8 @@ def list_folder(
     scan: dicom_series.FolderScan | None = None,
 ) -> list[SeriesInfo]:
     scan = scan or dicom_series.find_series_files(root, cancel)
-    reporter = ProgressReporter(sum(len(g) for g in scan.dicom_groups), progress, cancel)
+    total = sum(len(g) for g in scan.dicom_groups) + len(scan.unscanned_dicom)
+    reporter = ProgressReporter(total, progress, cancel)
     by_uid: dict[str, list[list[dicom_headers.SliceHeader]]] = defaultdict(list)
     found = dicom_headers.HeaderScan()
     for group in scan.dicom_groups:
@@ -204,7 +211,10 @@ def list_folder(
             per_uid[h.series_uid].append(h)
         for uid, members in per_uid.items():
             by_uid[uid].append(members)
+    unscanned = _read_unscanned(scan.unscanned_dicom, by_uid, found, reporter)
     left_out = _sort_out_skipped(scan.skipped_dicom, by_uid, found)
+    for key, paths in unscanned.items():
+        left_out[key].extend(paths)
     infos: list[SeriesInfo] = []
     for uid, groups in by_uid.items():
         # a series spread over several folders is merged, and then sorted by us rather than by GDCM
@@ -230,6 +240,32 @@ def list_folder(
         n_damaged = sum(len(v) for v in left_out.values())
         raise StudyReadError(f"{root}: {_nothing_found(scan, found, n_damaged)}")
     return infos
+
+
+def _read_unscanned(
+    files: list[str],
+    by_uid: dict[str, list[list[dicom_headers.SliceHeader]]],
+    found: dicom_headers.HeaderScan,
+    reporter: ProgressReporter,
+) -> dict[str, list[str]]:
+    """Read the files of folders GDCM could not scan, one by one (pydicom); add their images to
+    ``by_uid`` (each on its own, so that every series is sorted by position). Returns the damaged files
+    (unreadable, or an image header that breaks off) by series uid, or by folder where it is unknown."""
+    left_out: dict[str, list[str]] = defaultdict(list)
+    if not files:
+        return left_out
+    headers = dicom_headers.read_headers(files, reporter)
+    found.unreadable += headers.unreadable
+    for path, _ in headers.unreadable:
+        left_out[os.path.dirname(path)].append(path)
+    for h in headers.non_images:
+        if dicom_headers.is_image_sop_class(h.sop_class_uid) or not h.sop_class_uid:
+            left_out[h.series_uid or os.path.dirname(h.path)].append(h.path)
+        else:
+            found.non_images.append(h)
+    for h in headers.images:
+        by_uid[h.series_uid].append([h])
+    return left_out
 
 
 def _sort_out_skipped(
@@ -380,6 +416,7 @@ def _dicom_info(series: DicomSeries, root: Path, fmt: str) -> SeriesInfo:
         format=fmt,
         series_number=get(ds, "SeriesNumber", int),
         study_description=get(ds, "StudyDescription", lambda v: str(v).strip(), ""),
+        oriented=series.first.orientation is not None,
         error=series.error,
         files=tuple(series.files),
         source=series,
@@ -391,7 +428,9 @@ def _nifti_info(p: Path, uid: str, root: Path) -> SeriesInfo:
     nifti.check_complete(p, header)
     reader = nifti.image_information(p, header)
     size, spacing, origin, direction = _reader_geometry(reader)
-    warnings: list[str] = []
+    warnings: list[str] = [w for w in (nifti.name_warning(p), nifti.transform_warning(header)) if w]
+    if reader.GetDimension() == 2:  # ITK's 2-D geometry keeps neither the slice's place nor its rotation
+        origin, spacing, direction = nifti.header_geometry(header)
     error = ""
     if header.ndim > 4:
         error = f"a {header.ndim}-D image (sizes {list(header.shape)}); only 3-D images open"
@@ -417,6 +456,7 @@ def _nifti_info(p: Path, uid: str, root: Path) -> SeriesInfo:
         path=str(p),
         format="nifti",
         n_volumes=header.n_volumes,
+        oriented=nifti.transform_in_use(header) != "pixdim",
         error=error,
         files=(str(p),),
         source=NiftiSource(str(p), header),
@@ -434,6 +474,7 @@ def _image_file_info(p: Path, reader: sitk.ImageFileReader, io_name: str) -> Ser
         )
     fmt = io_name.removesuffix("ImageIO").lower() or "image"
     return SeriesInfo(
+        oriented=fmt in ORIENTED_FORMATS,
         uid=p.name,
         description=p.name,
         modality="",

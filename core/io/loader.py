@@ -11,7 +11,9 @@ Rules the loader keeps:
 - Pixel values are in modality units (CT in HU): GDCM applies the rescale slope/intercept, exactly once.
 - Never a wrong volume: images of different size or orientation in one series become separate series
   (uid ``<uid>.1``, ``<uid>.2``, ...); slices that share positions with nothing to tell them apart are
-  refused. Missing slices, non-uniform spacing and shear are loaded with a warning.
+  refused. A series with missing slices, non-uniform spacing or a gantry tilt is resampled to a regular
+  grid on which every acquired slice lies at its true position (:mod:`~sd_fsmis.core.io.dicom.regularize`,
+  as 3D Slicer does), with a warning saying so; ``regularize=False`` keeps the slices as stacked.
 - Colour images (RGB, YBR, palette: secondary captures, ultrasound) are converted to grey values (ITU-R
   BT.601 luminance, float32) with a warning: the segmentation works on one channel.
 - A 4-D NIfTI is refused (unless its first volume is asked for); 2-D images become 1-slice volumes.
@@ -32,6 +34,7 @@ from sd_fsmis.core.io import nifti
 from sd_fsmis.core.io.dicom import headers as dicom_headers
 from sd_fsmis.core.io.dicom import pixels as dicom_pixels
 from sd_fsmis.core.io.dicom import series as dicom_series
+from sd_fsmis.core.io.dicom.regularize import regularize as regularize_series
 from sd_fsmis.core.io.dicom.series import DicomSeries
 from sd_fsmis.core.io.imagefile import read_image
 from sd_fsmis.core.io.listing import (
@@ -61,6 +64,7 @@ def load_volume(
     series_uid: str | None = None,
     *,
     first_volume_of_4d: bool = False,
+    regularize: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Volume:
@@ -68,14 +72,15 @@ def load_volume(
 
     Without ``series_uid`` the path must hold exactly one series, else :class:`MultipleSeriesError` lists
     them. The uid of a series that was split may also be given: if it has one part, that part loads.
-    A 4-D NIfTI loads only with ``first_volume_of_4d=True`` (its first volume).
+    A 4-D NIfTI loads only with ``first_volume_of_4d=True`` (its first volume). An irregular DICOM series
+    is resampled to a regular grid unless ``regularize`` is false.
     """
     p = Path(path)
     if series_uid is None and p.is_dir():
         with quiet_libraries(), study_errors(p):
             check_path(p)
             scan = dicom_series.find_series_files(p, cancel)
-            volume = _load_plain_series_folder(p, scan, progress, cancel)
+            volume = _load_plain_series_folder(p, scan, progress, cancel, regularize)
             if volume is not None:
                 return volume
             series = list_folder(p, progress, cancel, scan)
@@ -84,13 +89,18 @@ def load_volume(
     return load_series(
         choose_series(series, series_uid, path),
         first_volume_of_4d=first_volume_of_4d,
+        regularize=regularize,
         progress=progress,
         cancel=cancel,
     )
 
 
 def _load_plain_series_folder(
-    root: Path, scan: dicom_series.FolderScan, progress: ProgressCallback | None, cancel: CancelToken | None
+    root: Path,
+    scan: dicom_series.FolderScan,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+    regularize: bool = True,
 ) -> Volume | None:
     """The quick way for the commonest case: a folder that holds one plain DICOM series.
 
@@ -101,7 +111,7 @@ def _load_plain_series_folder(
     order, a rescale that needs float) returns None, and the caller takes the careful path, so that the
     volume, its geometry and its warnings are the same either way.
     """
-    if len(scan.dicom_groups) != 1 or scan.nifti_files or scan.skipped_dicom:
+    if len(scan.dicom_groups) != 1 or scan.nifti_files or scan.skipped_dicom or scan.unscanned_dicom:
         return None
     files = scan.dicom_groups[0]
     try:
@@ -128,13 +138,16 @@ def _load_plain_series_folder(
     dicom_pixels.set_z_spacing(image, series)
     metadata = _dicom_metadata(series, "dicom")
     metadata.source_path = str(root)
-    return _to_volume(image, metadata, list(series.warnings), root)
+    warnings = list(series.warnings)
+    image = _regularized(image, series, metadata, warnings, regularize)
+    return _to_volume(image, metadata, warnings, root)
 
 
 def load_series(
     info: SeriesInfo,
     *,
     first_volume_of_4d: bool = False,
+    regularize: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Volume:
@@ -153,15 +166,30 @@ def load_series(
             image, extra = dicom_pixels.read_pixels(source, reporter, cancel)
             warnings.extend(extra)
             metadata = _dicom_metadata(source, info.format)
+            image = _regularized(image, source, metadata, warnings, regularize)
         elif isinstance(source, NiftiSource):
             image = nifti.read_image(source.path, source.header, first_volume_of_4d=first_volume_of_4d)
+            if image.GetDimension() == 2:  # one slice, placed and turned as its header says
+                image = sitk.JoinSeries(image)
+                origin, spacing, direction = nifti.header_geometry(source.header)
+                image.SetOrigin(origin)
+                image.SetSpacing(spacing)
+                image.SetDirection(direction)
+            # ITK has already turned NaN and infinite voxels into 0: count them in the file
+            non_finite = nifti.non_finite_warning(nifti.count_non_finite(source.path, source.header))
+            if non_finite:
+                warnings.append(non_finite)
             if source.header.n_volumes > 1:
                 warnings = [w for w in warnings if "4-D image" not in w]
                 warnings.append(f"4-D image with {source.header.n_volumes} volumes: loaded its first volume")
-            metadata = VolumeMetadata(series_description=info.description, source_format="nifti")
+            metadata = VolumeMetadata(
+                series_description=info.description, source_format="nifti", oriented=info.oriented
+            )
         elif isinstance(source, ImageFileSource):
             image = read_image(source.path)
-            metadata = VolumeMetadata(series_description=info.description, source_format=info.format)
+            metadata = VolumeMetadata(
+                series_description=info.description, source_format=info.format, oriented=info.oriented
+            )
         else:
             raise TypeError("a SeriesInfo from list_series is needed")
         metadata.source_path = info.path
@@ -170,10 +198,25 @@ def load_series(
         return _to_volume(image, metadata, warnings, p)
 
 
-# ------------------------------------------------------------------------------------------ listing
-
-
 # ------------------------------------------------------------------------------------------ loading
+
+
+def _regularized(
+    image: sitk.Image, series: DicomSeries, metadata: VolumeMetadata, warnings: list[str], regularize: bool
+) -> sitk.Image:
+    """The series on its regular grid when its slices are irregular (see ``regularize``), else as read."""
+    plan = series.regularization
+    if plan is None or image.GetDimension() != 3 or image.GetSize()[2] != len(plan.planes):
+        return image
+    if not regularize:
+        warnings[:] = [w for w in warnings if w != plan.note]
+        warnings.append(
+            "not resampled to a regular grid (regularize=False): the slices are stacked "
+            f"{image.GetSpacing()[2]:.4g} mm apart, so positions away from the first slice are approximate"
+        )
+        return image
+    metadata.regularization = plan
+    return regularize_series(image, plan)
 
 
 def _to_volume(image: sitk.Image, metadata: VolumeMetadata, warnings: list[str], p: Path) -> Volume:
@@ -186,8 +229,10 @@ def _to_volume(image: sitk.Image, metadata: VolumeMetadata, warnings: list[str],
     if components == 1:
         if image.GetPixelID() == sitk.sitkFloat64:
             image = sitk.Cast(image, sitk.sitkFloat32)
+        array = _array_sharing(image)
+        _zero_non_finite(array, warnings)
         return Volume(
-            array=_array_sharing(image),
+            array=array,
             geometry=Geometry.from_image(image),
             metadata=metadata,
             warnings=warnings,
@@ -205,6 +250,19 @@ def _to_volume(image: sitk.Image, metadata: VolumeMetadata, warnings: list[str],
         metadata=metadata,
         warnings=warnings,
     )
+
+
+def _zero_non_finite(array: np.ndarray, warnings: list[str]) -> None:
+    """Set NaN and infinite voxels of float data to 0 (in place), saying how many there were."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    counts = {"NaN": int(np.isnan(array).sum()), "+inf": int(np.isposinf(array).sum())}
+    counts["-inf"] = int(np.isneginf(array).sum())
+    array[bad] = 0
+    warnings.append(nifti.non_finite_warning({k: v for k, v in counts.items() if v}))
 
 
 class _PixelBuffer:
@@ -249,4 +307,5 @@ def _dicom_metadata(series: DicomSeries, source_format: str) -> VolumeMetadata:
         window_width=get(ds, "WindowWidth", dicom_headers.first_float),
         source_format=source_format,
         files=list(series.files),
+        oriented=series.first.orientation is not None,
     )

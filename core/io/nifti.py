@@ -7,6 +7,10 @@ SimpleITK reads NIfTI-1 pixels and geometry, but two things it does not do are d
   conclusive, a streaming decompression) for ``.nii.gz``.
 - Its NIfTI reader does not accept NIfTI-2. A NIfTI-2 file is rewritten as NIfTI-1 into a temporary file
   (same data bytes, same geometry fields) and read from there, so ITK's geometry rules apply unchanged.
+- It turns NaN and infinite voxels into 0 without a word: :func:`count_non_finite` counts them in the file.
+- The header holds two transforms, qform and sform; ITK uses one (:func:`transform_in_use`) and says
+  nothing when they disagree: :func:`transform_warning` names both. A 2-D image loses its place and its
+  rotation in ITK's 2-D geometry: :func:`header_geometry` gives it the 3-D geometry of its header.
 """
 
 from __future__ import annotations
@@ -118,6 +122,13 @@ NIFTI2_HEADER_SIZE = 540
 COLOUR_DATATYPES = (128, 2304)
 
 
+#: qform and sform further apart than this (mm, at any corner of the image) are said to disagree.
+TRANSFORMS_DISAGREE_MM = 0.5
+#: NIfTI's code for a transform in the scanner's anatomical coordinates (the one ITK prefers as sform).
+XFORM_SCANNER_ANAT = 1
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
 def _dtype(fields: list, endian: str) -> np.dtype:
     return np.dtype([(f[0], endian + f[1], *f[2:]) if f[1][0] != "S" else f for f in fields])
 
@@ -157,8 +168,188 @@ class NiftiHeader:
         return self.datatype in COLOUR_DATATYPES
 
 
+#: The two bytes every gzip file starts with.
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: NIfTI datatype codes of floating-point voxels (FLOAT32, FLOAT64) and their numpy types.
+FLOAT_DATATYPES = {16: "f4", 64: "f8"}
+
+
+def qform_affine(header: NiftiHeader) -> np.ndarray | None:
+    """The qform as a 4 x 4 affine (voxel index -> RAS mm), None when its code is 0 (NIfTI-1 standard)."""
+    raw = header.raw
+    if int(raw["qform_code"]) <= 0:
+        return None
+    b, c, d = (float(raw[k]) for k in ("quatern_b", "quatern_c", "quatern_d"))
+    a2 = 1.0 - (b * b + c * c + d * d)
+    if a2 < 1e-7:  # a 180 degree rotation: renormalise (b, c, d) and take a = 0, as nifti1_io does
+        norm = np.sqrt(b * b + c * c + d * d) or 1.0
+        a, b, c, d = 0.0, b / norm, c / norm, d / norm
+    else:
+        a = float(np.sqrt(a2))
+    rotation = np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ]
+    )
+    pixdim = [float(v) for v in raw["pixdim"]]
+    qfac = -1.0 if pixdim[0] < 0 else 1.0
+    scale = [abs(pixdim[1]) or 1.0, abs(pixdim[2]) or 1.0, (abs(pixdim[3]) or 1.0) * qfac]
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.asarray(scale)
+    affine[:3, 3] = [float(raw[k]) for k in ("qoffset_x", "qoffset_y", "qoffset_z")]
+    return affine
+
+
+def sform_affine(header: NiftiHeader) -> np.ndarray | None:
+    """The sform as a 4 x 4 affine (voxel index -> RAS mm), None when its code is 0."""
+    raw = header.raw
+    if int(raw["sform_code"]) <= 0:
+        return None
+    affine = np.eye(4)
+    affine[:3] = np.array([raw["srow_x"], raw["srow_y"], raw["srow_z"]], dtype=float)
+    return affine
+
+
+def _rigid_and_scaled(affine: np.ndarray) -> bool:
+    """True when the columns are orthogonal (a rotation with scales, no shear)."""
+    m = affine[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms < 1e-12):
+        return False
+    unit = m / norms
+    return bool(np.allclose(unit.T @ unit, np.eye(3), atol=1e-4))
+
+
+def transform_in_use(header: NiftiHeader) -> str:
+    """Which transform ITK places the image with: "sform", "qform" or "pixdim" (neither is set).
+
+    ITK takes the sform when its code is 'scanner anatomical' (1) and it has no shear, else the qform when
+    set, else the sform when set and without shear (checked against ITK's reading in the tests).
+    """
+    sform, qform = sform_affine(header), qform_affine(header)
+    sform_ok = sform is not None and _rigid_and_scaled(sform)
+    if sform_ok and int(header.raw["sform_code"]) == XFORM_SCANNER_ANAT:
+        return "sform"
+    if qform is not None:
+        return "qform"
+    return "sform" if sform_ok else "pixdim"
+
+
+def _lps(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Origin, spacing and direction (3 x 3, LPS) of an index -> RAS affine."""
+    m = _RAS_TO_LPS @ affine[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    spacing[spacing < 1e-12] = 1.0
+    return _RAS_TO_LPS @ affine[:3, 3], spacing, m / spacing
+
+
+def header_geometry(
+    header: NiftiHeader,
+) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]:
+    """Origin, spacing and direction (LPS, 9 values) of the header's transform in use, in 3-D: what a
+    2-D image (one slice) is given, since ITK's 2-D reading keeps neither its place nor its rotation."""
+    chosen = transform_in_use(header)
+    affine = sform_affine(header) if chosen == "sform" else qform_affine(header)
+    if affine is None:
+        pixdim = [abs(float(v)) or 1.0 for v in header.raw["pixdim"][1:4]]
+        affine = np.diag([*pixdim, 1.0])
+    origin, spacing, direction = _lps(affine)
+    if np.linalg.det(direction) == 0 or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        q, r = np.linalg.qr(direction)  # the nearest orthonormal frame, keeping the axes' signs
+        direction = q * np.sign(np.diag(r))
+    return (
+        tuple(float(v) for v in origin),
+        tuple(float(v) for v in spacing),
+        tuple(float(v) for v in direction.ravel()),
+    )
+
+
+def transform_warning(header: NiftiHeader) -> str:
+    """A warning naming both transforms when qform and sform place the image differently ("" otherwise)."""
+    qform, sform = qform_affine(header), sform_affine(header)
+    if qform is None or sform is None:
+        return ""
+    shape = list(header.shape[:3]) + [1] * max(0, 3 - header.ndim)
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    ).T
+    apart = float(np.max(np.linalg.norm((qform @ corners - sform @ corners)[:3], axis=0)))
+    if apart <= TRANSFORMS_DISAGREE_MM:
+        return ""
+
+    def origin(affine: np.ndarray) -> str:
+        return "(" + ", ".join(f"{v:.1f}" for v in _RAS_TO_LPS @ affine[:3, 3]) + ")"
+
+    used = transform_in_use(header)
+    qcode, scode = int(header.raw["qform_code"]), int(header.raw["sform_code"])
+    return (
+        f"the header's two transforms disagree by up to {apart:.1f} mm: qform (code {qcode}) "
+        f"puts the first voxel at {origin(qform)}, sform (code {scode}) at {origin(sform)} "
+        f"(LPS mm); the {used} is used, as ITK does; check which one the file's maker meant"
+    )
+
+
 def is_gzipped(path: str | os.PathLike[str]) -> bool:
-    return str(path).lower().endswith(".gz")
+    """True when the file is gzip-compressed, whatever its name says (by its first two bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == GZIP_MAGIC
+    except OSError:
+        return str(path).lower().endswith(".gz")
+
+
+def name_warning(path: str | os.PathLike[str]) -> str:
+    """A warning when the name says .gz and the content is not compressed (or the other way round)."""
+    named_gz = str(path).lower().endswith(".gz")
+    compressed = is_gzipped(path)
+    if named_gz and not compressed:
+        return "named .nii.gz but not compressed: read as an uncompressed .nii file"
+    if compressed and not named_gz:
+        return "named .nii but gzip-compressed: read as a .nii.gz file"
+    return ""
+
+
+def count_non_finite(path: str | os.PathLike[str], header: NiftiHeader) -> dict[str, int]:
+    """``{"NaN": n, "+inf": n, "-inf": n}`` over the voxels of a floating-point NIfTI file (empty otherwise).
+
+    ITK's NIfTI reader turns such voxels into 0 without a word, so they are counted in the file itself,
+    streaming (a scaled integer file cannot hold them).
+    """
+    code = FLOAT_DATATYPES.get(header.datatype)
+    if code is None:
+        return {}
+    dtype = np.dtype(header.endian + code)
+    counts = {"NaN": 0, "+inf": 0, "-inf": 0}
+    remaining = header.data_bytes
+    block = dtype.itemsize * (1 << 20)
+    with _open(Path(path)) as f:
+        _skip(f, header.vox_offset)
+        while remaining > 0:
+            data = f.read(min(block, remaining))
+            if not data:
+                break
+            data = data[: len(data) - len(data) % dtype.itemsize]
+            values = np.frombuffer(data, dtype=dtype)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                odd = values[bad]
+                counts["NaN"] += int(np.isnan(odd).sum())
+                counts["+inf"] += int((odd == np.inf).sum())
+                counts["-inf"] += int((odd == -np.inf).sum())
+            remaining -= len(data)
+    return {k: v for k, v in counts.items() if v}
+
+
+def non_finite_warning(counts: dict[str, int]) -> str:
+    """The load warning for :func:`count_non_finite`'s counts ("" when there are none)."""
+    total = sum(counts.values())
+    if not total:
+        return ""
+    parts = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    return f"{total} voxel(s) hold no number ({parts}); they are shown and used as 0"
 
 
 @contextlib.contextmanager

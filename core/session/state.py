@@ -107,6 +107,20 @@ class Session:
     def studies_by_id(self) -> dict[str, Study]:
         return {s.id: s for s in self._studies}
 
+    def input_files(self, keep: LabelLayer | None = None):
+        """The files the open studies and masks were read from (an :class:`~sd_fsmis.core.io.destinations.
+        Inputs`): no save or export writes over them. ``keep``: a mask that may be saved back to its file."""
+        from sd_fsmis.core.io.destinations import Inputs
+
+        inputs = Inputs()
+        for study in self._studies:
+            inputs.add(study.path, f"the image of study {study.name}")
+            inputs.add_all(study.volume.metadata.files, f"an image file of study {study.name}")
+            for layer in study.layers:
+                if layer is not keep and layer.source_path:
+                    inputs.add(layer.source_path, f"the file of mask {layer.name} (open)")
+        return inputs
+
     def open_study(
         self, path: str | os.PathLike[str], series_uid: str | None = None, *, activate: bool = True
     ) -> Study:

@@ -153,12 +153,15 @@ def train(
 
     from sd_fsmis.core.device import select_device
     from sd_fsmis.core.io.datasets import FewShotDataset
+    from sd_fsmis.core.io.destinations import check_destination_folder
     from sd_fsmis.core.model.folder import load_pipeline
     from sd_fsmis.core.model.store import resolve_model
 
     config = config.validate()
     _fresh_accelerate_state()
     out = Path(config.out).expanduser().resolve()
+    # before any work: the run folder must be writable and hold none of the data it trains on
+    check_destination_folder(out, FewShotDataset.open(config.data).inputs(), option="--out")
     device_name = (config.device or "auto").lower()
     wanted = select_device(device_name)  # DeviceError with one line when missing
     accelerator = Accelerator(

@@ -156,3 +156,121 @@ def test_clinical_protocol_scores_the_whole_volume(data_dir, capsys):
         assert 0 < row["dice"] <= 1
     assert main(["evaluate", *args, "--no-distances", "--threads", "1"]) == 0
     assert "| propagation (CLINICAL, 1-shot) |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ data safety (issue 13)
+
+
+def _evaluate(data_dir, *extra: str) -> int:
+    args = ["evaluate", "--model", "classical", "--data", str(data_dir), "--protocol", "study"]
+    return main([*args, "--ids", "4", "--labels", "1", "--no-distances", *extra])
+
+
+def test_destinations_are_checked_before_the_work(data_dir, tmp_path, capsys, monkeypatch):
+    import sd_fsmis.core.evaluation.protocols as protocols
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the evaluation ran before its destinations were checked")
+
+    monkeypatch.setattr(protocols, "_evaluate_query", must_not_run)
+    assert _evaluate(data_dir, "--out", str(tmp_path / "missing" / "report.json")) == 2
+    assert f"the folder {tmp_path / 'missing'} does not exist" in _error_line(capsys)
+    assert _evaluate(data_dir, "--save-predictions", str(tmp_path / "a" / "b")) == 2
+    assert "--save-predictions" in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_predictions_never_writes_over_the_data(data_dir, tmp_path, capsys, monkeypatch):
+    """A manifest whose label map sits where a prediction would be written: refused before the work."""
+    import shutil
+
+    (tmp_path / "fold0").mkdir()
+    shutil.copy(data_dir / "images" / "image_4.nii.gz", tmp_path / "image_4.nii.gz")
+    label = tmp_path / "fold0" / "pred_4_label1.nii.gz"
+    shutil.copy(data_dir / "labels" / "label_4.nii.gz", label)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"cases": [{"id": 4, "image": "image_4.nii.gz", "label": str(label)}]}))
+    before = label.read_bytes()
+    assert _evaluate(manifest, "--save-predictions", str(tmp_path)) == 2
+    line = _error_line(capsys)
+    assert "the label map of case 4" in line and "refusing to write over an input" in line
+    assert label.read_bytes() == before
+    assert _evaluate(manifest, "--out", str(manifest.with_suffix(".json"))) == 2
+    assert "the manifest" in _error_line(capsys)
+
+
+def test_a_failed_save_leaves_no_empty_prediction_folders(data_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if "preds" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    preds = tmp_path / "preds"
+    assert _evaluate(data_dir, "--save-predictions", str(preds)) == 2
+    line = _error_line(capsys)
+    assert str(preds / "fold0" / "pred_4_label1.nii.gz") in line and "no space left" in line
+    assert not preds.exists()
+
+
+def _dataset_with_a_second_class(data_dir: Path, root: Path, without: int) -> Path:
+    """A manifest over ``data_dir``'s volumes whose label maps get class 2 (a small block) except volume
+    ``without``, and whose classes list a class 5 (pancreas) that no label map holds."""
+    cases = []
+    for image in sorted((data_dir / "images").glob("image_*.nii.gz")):
+        case_id = int(image.name.split("_")[1].split(".")[0])
+        label = sitk.ReadImage(str(data_dir / "labels" / f"label_{case_id}.nii.gz"))
+        array = sitk.GetArrayFromImage(label)
+        if case_id != without:
+            array[2:6, 26:32, 24:30] = 2
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(label)
+        sitk.WriteImage(out, str(root / f"label_{case_id}.nii.gz"))
+        cases.append({"id": case_id, "image": str(image), "label": f"label_{case_id}.nii.gz"})
+    manifest = root / "manifest.json"
+    classes = {"1": "liver", "2": "right kidney", "5": "pancreas"}
+    manifest.write_text(json.dumps({"classes": classes, "cases": cases}))
+    return manifest
+
+
+def test_classes_a_fold_cannot_score_are_shown_with_a_reason(data_dir, tmp_path, capsys):
+    """Item 6: a class absent from a fold's support volume, and a listed class absent from the data, are
+    columns with "—" and a warning, not dropped without a word."""
+    manifest = _dataset_with_a_second_class(data_dir, tmp_path, without=6)  # 6: fold 0's support
+    code = main(
+        ["evaluate", "--model", "classical", "--data", str(manifest), "--fold", "0,1", "--no-distances"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = captured.out
+    assert "| method | Liver | R.Kidney | Pancreas | Mean | s/volume |" in table
+    fold_rows = [line for line in table.splitlines() if line.startswith(("| 0 |", "| 1 |"))][:2]
+    assert "—*" in fold_rows[0].split("|")[3] and "—" not in fold_rows[1].split("|")[3]
+    assert "\n* — R.Kidney: not in support volume 6\n** — Pancreas: in no label map" in table
+    assert "—" in table.splitlines()[2].split("|")[4]  # pancreas: never scored
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert any(
+        "class 2 (right kidney) cannot be segmented in fold 0 (not in support volume 6)" in w
+        for w in warnings
+    )
+    assert any("class 5 (pancreas) is listed in manifest.json but is in no label map" in w for w in warnings)
+
+
+def test_too_few_volumes_for_the_folds_says_how_many_are_needed(data_dir, tmp_path, capsys):
+    """Item 7: with 6 volumes, say that the fold protocols need 10 and why, and what to use instead."""
+    cases = [
+        {"id": i, "image": str(data_dir / "images" / f"image_{i}.nii.gz"),
+         "label": str(data_dir / "labels" / f"label_{i}.nii.gz")}
+        for i in (2, 4, 6, 8, 10, 12)
+    ]  # fmt: skip
+    manifest = tmp_path / "six.json"
+    manifest.write_text(json.dumps({"cases": cases}))
+    assert main(["evaluate", "--model", "classical", "--data", str(manifest), "--fold", "0"]) == 2
+    line = _error_line(capsys)
+    assert "EP1 needs at least 10 volumes for 5 folds" in line and "the data has 6" in line
+    assert "--protocol study or clinical" in line

@@ -90,3 +90,16 @@ def test_validation_volumes_classes_and_validate_before(chaos_dir, tmp_path, cap
     saved = ModelConfig.load(tmp_path / "run" / "model")
     assert saved.classes == ["liver"] and set(saved.training.extra["class_validation"]) == {"0", "2"}
     assert json.loads((tmp_path / "run" / "finished.json").read_text())["step"] == 2
+
+
+def test_the_run_folder_is_checked_before_the_work(chaos_dir, tmp_path):
+    """Data safety (issue 13): a run folder that cannot be created is known before any model is loaded."""
+    from sd_fsmis.core.io.destinations import OutputError
+
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(chaos_dir), "--device", "cpu"]
+    with pytest.raises(OutputError, match="does not exist"):
+        train_command.run(parse([*argv, "--out", str(tmp_path / "missing" / "run"), "--steps", "1"]))
+    image = chaos_dir / "images" / "image_1.nii.gz"
+    with pytest.raises(OutputError, match="refusing to write over an input"):
+        train_command.run(parse([*argv, "--out", str(image), "--steps", "1"]))
+    assert not (tmp_path / "missing").exists()

@@ -8,7 +8,9 @@ The display follows the radiological convention of 3D Slicer and ITK-SNAP, whate
 The geometry's direction cosines (LPS) say which index axis runs along which patient axis: each index axis
 is matched to the patient axis it is closest to (the permutation with the largest cosines), so identity
 and flipped acquisitions (e.g. DICOM series stacked head to feet) and axial/coronal/sagittal acquisitions
-all display right-side up; oblique ones are shown as their closest orthogonal plane (no resampling).
+all display right-side up; oblique ones are shown as their closest orthogonal plane (no resampling). An
+image without patient orientation (``oriented=False``) is shown as stored, without anatomical names or
+letters (:data:`UNORIENTED_TITLES`).
 
 A view shows the 2-D plane ``array[i]`` / ``array[:, i, :]`` / ``array[:, :, i]`` of the (z, y, x) array:
 rows are the smaller remaining numpy axis, columns the larger (the plane order of ``core.painting``). The
@@ -43,6 +45,11 @@ MARKERS: dict[str, tuple[str, str, str, str]] = {
 }
 
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+#: View titles of an image without patient orientation (a planar NM or X-ray, a picture): shown as stored,
+#: with names that claim no anatomy, and no orientation letters.
+UNORIENTED_TITLES = {"axial": "Image plane", "coronal": "Rows × slices", "sagittal": "Columns × slices"}
+NO_MARKERS = ("", "", "", "")
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,16 @@ def plane_layout(
     shape_zyx: Sequence[int],
     spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
     direction: Sequence[float] | None = None,
+    oriented: bool = True,
 ) -> PlaneLayout:
-    """The :class:`PlaneLayout` of ``view`` for an array of ``shape_zyx`` on the given grid."""
+    """The :class:`PlaneLayout` of ``view`` for an array of ``shape_zyx`` on the given grid.
+
+    ``oriented=False`` (the image has no patient orientation): the array is shown as stored (the identity
+    direction), without orientation letters.
+    """
+    if not oriented:
+        layout = plane_layout(view, shape_zyx, spacing_xyz, None)
+        return PlaneLayout(**{**layout.__dict__, "markers": NO_MARKERS})
     if view not in _CONVENTION:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     normal_p, (h_p, h_dir), (v_p, v_dir), toward = _CONVENTION[view]

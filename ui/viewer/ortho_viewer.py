@@ -161,11 +161,13 @@ class OrthoViewer(QtWidgets.QWidget):
         geometry: Geometry | None = None,
         modality: str = "",
         window: tuple[float, float] | None = None,
+        oriented: bool = True,
     ) -> None:
         """Show ``array`` (z, y, x) in modality units on ``geometry``.
 
         ``window`` = ``(center, width)`` from the DICOM tags when the study has them: it is the opening
         window and the "From DICOM tags" preset. Without it CT opens in the abdomen window, MR in "Auto".
+        ``oriented=False``: no patient orientation (a planar image): no anatomical view names or letters.
         """
         self._array, self._geometry, self._modality = array, geometry, modality
         self._dicom_window = Window(float(window[0]), float(window[1])) if window else None
@@ -175,7 +177,7 @@ class OrthoViewer(QtWidgets.QWidget):
         for view in self.views.values():
             view.set_labels(None)
             view.set_confusion(None)
-            view.set_volume(array, geometry, self._window, value_range)
+            view.set_volume(array, geometry, self._window, value_range, oriented)
         self._cursor = self.views["axial"].crosshair_position
         self.windowChanged.emit(self._window.center, self._window.width)
         self.statusChanged.emit(self.status_text(*self._cursor))

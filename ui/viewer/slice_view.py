@@ -26,7 +26,7 @@ from PySide6.QtCore import Qt, Signal
 
 from sd_fsmis.ui.colors import BACKGROUND, MARKER_COLOR, RGB
 from sd_fsmis.ui.pyside_fixes import protect_singletons
-from sd_fsmis.ui.viewer.orientation import PlaneLayout, plane_layout
+from sd_fsmis.ui.viewer.orientation import UNORIENTED_TITLES, PlaneLayout, plane_layout
 from sd_fsmis.ui.viewer.overlays import BrushCursor, Crosshair, LabelOverlay, confusion_overlay
 from sd_fsmis.ui.viewer.window_level import Window, auto_window, data_range, drag_window
 
@@ -209,15 +209,26 @@ class SliceView(QtWidgets.QWidget):
         geometry: Geometry | None = None,
         window: Window | tuple[float, float] | None = None,
         value_range: float | None = None,
+        oriented: bool = True,
     ) -> None:
-        """Show ``array`` (z, y, x) on ``geometry`` (spacing and direction; identity 1 mm when None)."""
+        """Show ``array`` (z, y, x) on ``geometry`` (spacing and direction; identity 1 mm when None).
+
+        ``oriented=False``: the image has no patient orientation; it is shown as stored, and the view's
+        title and edges claim no anatomy (no "Axial", no R/L, A/P)."""
         if array.ndim != 3:
             raise ValueError(f"expected a 3-D (z, y, x) array, got shape {array.shape}")
         spacing = tuple(geometry.spacing) if geometry is not None else (1.0, 1.0, 1.0)
         direction = tuple(geometry.direction) if geometry is not None else None
         self._array = array
         self._spacing_zyx = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
-        self._layout = plane_layout(self.view, array.shape, spacing, direction)
+        self._layout = plane_layout(self.view, array.shape, spacing, direction, oriented)
+        self.title.setText(self.view.capitalize() if oriented else UNORIENTED_TITLES[self.view])
+        self.title.setToolTip(
+            ""
+            if oriented
+            else "This image has no patient orientation in its file (a planar image): it is shown as "
+            "stored, without anatomical directions"
+        )
         transform = QtGui.QTransform(*self._layout.transform)
         for item in (self.image_item, self.labels.item, self.confusion.item, self.brush_cursor):
             item.setTransform(transform)

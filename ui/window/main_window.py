@@ -248,7 +248,7 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
             dicom = None
             if meta.window_center is not None and meta.window_width:
                 dicom = (float(meta.window_center), float(meta.window_width))
-            self.viewer.set_volume(study.volume.array, study.geometry, meta.modality, dicom)
+            self.viewer.set_volume(study.volume.array, study.geometry, meta.modality, dicom, meta.oriented)
             if self._confusion is not None and self._confusion.shape == study.volume.shape:
                 self.viewer.set_confusion(self._confusion)
             saved = self._windows.get(study.id)
@@ -342,12 +342,13 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
             a.file[name].setEnabled(has_study)
         a.file["save_mask"].setEnabled(has_layer)
         dicom = has_study and study.volume.metadata.source_format in ("dicom", "dicomdir")
-        a.file["export_seg"].setEnabled(has_layer and dicom)
-        a.file["export_seg"].setToolTip(
-            "Export the active mask as DICOM-SEG for a PACS"
-            if dicom
-            else "DICOM-SEG refers to the DICOM images: only for studies opened from DICOM"
-        )
+        problem = "DICOM-SEG refers to the DICOM images: only for studies opened from DICOM"
+        if dicom:
+            from sd_fsmis.core.io.dicom.seg import export_problem
+
+            problem = export_problem(study.volume)
+        a.file["export_seg"].setEnabled(has_layer and not problem)
+        a.file["export_seg"].setToolTip(problem or "Export the active mask as DICOM-SEG for a PACS")
         for name in ("clear_slice", "clear_label", "add_support"):
             a.edit[name].setEnabled(has_layer)
         running = self.segment_panel is not None and self.segment_panel.is_running()

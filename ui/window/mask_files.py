@@ -50,13 +50,16 @@ class MaskFiles(QtCore.QObject):
         study = self.window.active_study
         if study is None:
             return None
-        from sd_fsmis.core.io.labelmap import LabelMap
+        from sd_fsmis.core.io.labelmap import LabelMap, refuse_image_as_mask
 
         def job(progress, cancel):
+            refuse_image_as_mask(path, [study.path], "the mask")  # the study's own file is no mask
             try:
-                return LabelMap.load(path, like=study.geometry, resample=resample, like_name="study")
+                label_map = LabelMap.load(path, like=study.geometry, resample=resample, like_name="study")
             except GeometryMismatchError as exc:
                 return _GridMismatch(str(exc))
+            refuse_image_as_mask(label_map, [study.volume], "the mask")
+            return label_map
 
         def loaded(result) -> None:
             if not isinstance(result, _GridMismatch):
@@ -109,8 +112,13 @@ class MaskFiles(QtCore.QObject):
         text = str(path)
         if not text.lower().endswith((".nii", ".nii.gz")):
             text += ".nii.gz"
+        from sd_fsmis.core.io.destinations import check_destination
+        from sd_fsmis.core.io.labelmap import labels_sidecar_path
+
         try:
             with wait_cursor():
+                inputs = self.window.session.input_files(keep=layer)
+                check_destination(text, inputs, also=[labels_sidecar_path(text)])
                 out = layer.save(text)
         except (UserError, OSError) as exc:
             self.window.show_error("Cannot save the mask", str(exc))
@@ -135,8 +143,17 @@ class MaskFiles(QtCore.QObject):
         layer, study = self.window.active_layer, self.window.active_study
         if layer is None or study is None:
             return None
-        from sd_fsmis.core.io.dicom.seg import export_dicom_seg
+        from sd_fsmis.core.io.destinations import check_destination
+        from sd_fsmis.core.io.dicom.seg import export_dicom_seg, export_notes, export_problem
 
+        try:  # before the work: never onto a study's own file, never into a folder that cannot take it
+            problem = export_problem(study.volume)
+            if problem:
+                raise UserError(problem)
+            check_destination(path, self.window.session.input_files())
+        except UserError as exc:
+            self.window.show_error("DICOM-SEG export failed", str(exc))
+            return None
         algorithm = None
         if layer.kind == "prediction":
             run = next((r for r in self.window.session.runs if r.result_layer_id == layer.id), None)
@@ -145,14 +162,19 @@ class MaskFiles(QtCore.QObject):
         label_map, volume = layer.copy_label_map(), study.volume
 
         def job(progress, cancel):
-            return export_dicom_seg(
+            out = export_dicom_seg(
                 label_map, volume, path, algorithm=algorithm, series_description=layer.name
             )
+            return out, export_notes(label_map, volume)
+
+        def done(result) -> None:
+            out, notes = result
+            self.window.status.showMessage(" ".join([f"Exported DICOM-SEG to {out}.", *notes]), 15_000)
 
         return self.window.runner.start(
             job,
             "Exporting DICOM-SEG",
-            on_done=lambda out: self.window.status.showMessage(f"Exported DICOM-SEG to {out}", 8000),
+            on_done=done,
             on_error=lambda message: self.window.show_error("DICOM-SEG export failed", message),
         )
 
@@ -164,9 +186,13 @@ class MaskFiles(QtCore.QObject):
             self.window, "Save a screenshot", str(Path(folder) / f"{name}.png"), "PNG (*.png)"
         )
         if path:
+            from sd_fsmis.core.io.destinations import check_destination
+
+            target = path if path.lower().endswith(".png") else path + ".png"
             try:
-                out = self.window.viewer.screenshot(path if path.lower().endswith(".png") else path + ".png")
-            except OSError as exc:
+                check_destination(target, self.window.session.input_files())
+                out = self.window.viewer.screenshot(target)
+            except (UserError, OSError) as exc:
                 self.window.show_error("Cannot save the screenshot", str(exc))
                 return
             self.window.status.showMessage(f"Screenshot saved to {out}", 8000)

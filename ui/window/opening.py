@@ -72,6 +72,9 @@ class StudyOpeningMixin:
         """A new study: give it a mask with a label ready to paint (3D Slicer's one click to start)."""
         if study in self.session.studies and not any(layer.kind != "reference" for layer in study.layers):
             ensure_editable_layer(study, label_name)
+        plan = study.volume.metadata.regularization
+        if plan is not None:  # said once here; the studies panel keeps it with the other warnings
+            self.status.showMessage(f"{study.name}: {plan.note}", 30_000)
         if self.paint.tool == "navigate":
             self.paint.set_tool("brush")
         self.viewer.views[self.viewer.main_view].graphics.setFocus()

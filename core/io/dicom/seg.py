@@ -2,8 +2,14 @@
 
 The SEG references the source series' instances (read with pydicom from the volume's
 ``metadata.files``, in slice order), so viewers place it on the images. A painted mask is exported with
-algorithm type MANUAL; a prediction with AUTOMATIC and the algorithm's name and version (our model). A study
-opened from NIfTI has no DICOM instances to reference: exporting it raises a :class:`UserError`.
+algorithm type MANUAL; a prediction with AUTOMATIC and the algorithm's name and version (our model).
+
+What cannot be exported is said before any work (:func:`export_problem`, which the GUI uses to disable the
+action): a study opened from NIfTI has no DICOM instances to reference, and a series without a Frame of
+Reference UID cannot carry a SEG (it must share its frame of reference). A series that was resampled to a
+regular grid (missing slices, uneven spacing, tilt: :mod:`~sd_fsmis.core.io.dicom.regularize`) is exported
+on its acquired images: the mask is resampled back onto each acquired slice, and what lies on grid planes
+between acquired slices cannot be referenced (:func:`export_notes` says how much).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from pydicom.sr.codedict import codes
 
 from sd_fsmis.core.errors import MaskError, StudyReadError, UserError
 from sd_fsmis.core.io.atomic import atomic_path
+from sd_fsmis.core.io.dicom.headers import one_line
+from sd_fsmis.core.io.dicom.regularize import mask_on_acquired_slices, voxels_between_acquired_slices
 from sd_fsmis.core.io.labelmap import LabelMap
 from sd_fsmis.core.volume import Volume
 
@@ -57,18 +65,47 @@ def _software_version() -> str:
         return "unknown"
 
 
-def source_datasets(volume: Volume) -> list[pydicom.Dataset]:
-    """The volume's DICOM instances (headers only), in slice order; :class:`DicomSegExportError` if none."""
+def export_problem(volume: Volume) -> str:
+    """Why the study's masks cannot be exported as DICOM-SEG, in one line ("" when they can)."""
     meta = volume.metadata
-    files = list(meta.files)
-    if meta.source_format not in ("dicom", "dicomdir") or not files:
+    if meta.source_format not in ("dicom", "dicomdir") or not meta.files:
         fmt = {"nifti": "a NIfTI file", "": "this study"}.get(
             meta.source_format, f"a {meta.source_format} file"
         )
-        raise DicomSegExportError(
+        return (
             f"DICOM-SEG needs a study opened from DICOM: {fmt} has no DICOM instances to reference; "
             "save the mask as NIfTI instead"
         )
+    if not meta.frame_of_reference_uid:
+        return (
+            "DICOM-SEG cannot be exported: the series has no Frame of Reference UID, which a "
+            "segmentation must share with its images; save the mask as NIfTI instead"
+        )
+    return ""
+
+
+def export_notes(label_map: LabelMap, volume: Volume) -> list[str]:
+    """What an export leaves out, to tell the user: mask voxels between the acquired slices of a series
+    that was resampled to a regular grid (a DICOM-SEG can reference acquired images only)."""
+    plan = volume.metadata.regularization
+    if plan is None:
+        return []
+    between = voxels_between_acquired_slices(label_map.array, plan)
+    if not between:
+        return []
+    return [
+        f"{between} mask voxel(s) lie on grid slices between the acquired images (the series was resampled "
+        "to a regular grid) and are not in the DICOM-SEG, which can reference acquired images only; the "
+        "NIfTI mask keeps them"
+    ]
+
+
+def source_datasets(volume: Volume) -> list[pydicom.Dataset]:
+    """The volume's DICOM instances (headers only), in slice order; :class:`DicomSegExportError` if none."""
+    problem = export_problem(volume)
+    if problem:
+        raise DicomSegExportError(problem)
+    files = list(volume.metadata.files)
     datasets = []
     for f in files:
         try:
@@ -77,7 +114,8 @@ def source_datasets(volume: Volume) -> list[pydicom.Dataset]:
             raise StudyReadError(
                 f"{f}: the source image cannot be read for DICOM-SEG export ({exc})"
             ) from exc
-    z = volume.shape[0]
+    plan = volume.metadata.regularization
+    z = len(plan.planes) if plan is not None else volume.shape[0]
     if len(datasets) == 1:
         frames = int(getattr(datasets[0], "NumberOfFrames", 1) or 1)
         if frames != z:
@@ -156,12 +194,49 @@ def export_dicom_seg(
     lut = np.zeros(int(label_map.array.max()) + 1, dtype=np.uint16 if len(values) > 255 else np.uint8)
     for number, value in enumerate(values, start=1):
         lut[value] = number
-    pixel_array = lut[label_map.array]
+    pixel_array = lut[label_map.array]  # [z, y, x] on the volume's grid
+    plan = volume.metadata.regularization
+    if plan is not None:  # back onto the acquired images: [acquired slices, rows, columns]
+        on_grid = label_map.geometry.image_from_array(pixel_array)
+        pixel_array = mask_on_acquired_slices(on_grid, plan)
+        kept = set(np.unique(pixel_array).tolist())
+        lost = [label_map.label_name(v) for number, v in enumerate(values, start=1) if number not in kept]
+        if lost:
+            raise MaskError(
+                f"{', '.join(lost)} lies only between the acquired images of this resampled series: a "
+                "DICOM-SEG can reference acquired images only; save the mask as NIfTI instead"
+            )
     descriptions = [
         _segment_description(number, label_map.label_name(v), label_map.label(v).colour, algo)
         for number, v in enumerate(values, start=1)
     ]
-    seg = hd.seg.Segmentation(
+    _fill_slice_thickness(sources, volume)
+    try:
+        seg = _segmentation(
+            sources, pixel_array, descriptions, series_description, series_number, algo, content_creator
+        )
+    except (ValueError, AttributeError, TypeError) as exc:  # what the source images lack, in one line
+        log.info("highdicom could not build the DICOM-SEG", exc_info=True)
+        raise DicomSegExportError(
+            f"DICOM-SEG cannot be built from these images ({one_line(exc)}); save the mask as NIfTI instead"
+        ) from exc
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        seg.save_as(tmp)
+    log.info("exported %d segment(s) as DICOM-SEG to %s", len(values), target)
+    return target
+
+
+def _fill_slice_thickness(sources: list[pydicom.Dataset], volume: Volume) -> None:
+    """highdicom takes the SEG's slice thickness from the images: where they lack it (in memory only),
+    the volume's slice step stands in."""
+    for ds in sources:
+        if getattr(ds, "SliceThickness", None) in (None, ""):
+            ds.SliceThickness = float(volume.geometry.spacing[2])
+
+
+def _segmentation(sources, pixel_array, descriptions, series_description, series_number, algo, creator):
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -177,10 +252,5 @@ def export_dicom_seg(
         series_description=series_description[:64],
         content_label="SEGMENTATION",
         content_description=("automatic" if algo is not None else "manual") + " segmentation",
-        content_creator_name=content_creator,
+        content_creator_name=creator,
     )
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        seg.save_as(tmp)
-    log.info("exported %d segment(s) as DICOM-SEG to %s", len(values), target)
-    return target

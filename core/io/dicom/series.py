@@ -4,11 +4,13 @@ GDCM (through SimpleITK) groups the files of a folder into series and sorts them
 (``ImageSeriesReader.GetGDCMSeriesIDs`` / ``GetGDCMSeriesFileNames``). The slice headers
 (:mod:`sd_fsmis.core.io.dicom.headers`) then show what GDCM does not check: images of different size or
 orientation in one series (split into separate series: never a wrong volume), slices sharing positions,
-missing slices, non-uniform spacing and shear (loaded with a warning).
+missing slices, non-uniform spacing and shear (gantry tilt): such a series is planned onto a regular grid
+(:mod:`sd_fsmis.core.io.dicom.regularize`) and said so in its warnings.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -19,7 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from sd_fsmis.core.io.dicom.headers import SliceHeader, has_dicm_prefix
+from sd_fsmis.core.io.dicom.regularize import Regularization, acquired_slices, plan_regular_grid
 from sd_fsmis.core.jobs import CancelToken
+
+log = logging.getLogger(__name__)
 
 #: File names that are never DICOM images (skipped without asking GDCM).
 NOT_DICOM_SUFFIXES = (
@@ -50,6 +55,8 @@ class FolderScan:
     n_folders: int = 0
     unreadable_folders: list[str] = field(default_factory=list)
     skipped_dicom: list[str] = field(default_factory=list)  # DICOM files GDCM put in no series
+    #: DICOM files of folders GDCM could not scan (one damaged file stops its scan): read one by one
+    unscanned_dicom: list[str] = field(default_factory=list)
 
 
 def find_series_files(root: str | os.PathLike[str], cancel: CancelToken | None = None) -> FolderScan:
@@ -78,16 +85,29 @@ def find_series_files(root: str | os.PathLike[str], cancel: CancelToken | None =
         ]
         if not candidates:
             continue
-        first = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder))
-        if first and len(first) == len(candidates):
-            scan.dicom_groups.append(first)
-            continue
         listed: set[str] = set()
-        for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) if first else ():
-            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id))
-            if files:
-                scan.dicom_groups.append(files)
-                listed.update(os.path.normpath(f) for f in files)
+        try:
+            first = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder))
+            if first and len(first) == len(candidates):
+                scan.dicom_groups.append(first)
+                continue
+            groups = []
+            for series_id in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder) if first else ():
+                files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series_id))
+                if files:
+                    groups.append(files)
+        except RuntimeError as exc:
+            # one file GDCM cannot parse stops its scan of the whole folder: read every DICOM file of
+            # this folder with pydicom instead (the series are then grouped and sorted by us)
+            log.info(
+                "GDCM cannot scan %s (%s); reading its files one by one", folder, " ".join(str(exc).split())
+            )
+            paths = (os.path.join(folder, n) for n in candidates)
+            scan.unscanned_dicom.extend(p for p in paths if has_dicm_prefix(p))
+            continue
+        for files in groups:
+            scan.dicom_groups.append(files)
+            listed.update(os.path.normpath(f) for f in files)
         # DICOM files GDCM did not take: non-images, or images it cannot parse (damaged, truncated)
         for name in candidates:
             path = os.path.join(folder, name)
@@ -110,6 +130,8 @@ class DicomSeries:
     warnings: list[str] = field(default_factory=list)
     error: str = ""
     part: str = ""  # what distinguishes this part of a split series ("256x256", "echo 2", ...)
+    #: the regular grid the series is resampled to (missing slices, uneven spacing, tilt); None: regular
+    regularization: Regularization | None = None
 
     @property
     def first(self) -> SliceHeader:
@@ -311,7 +333,8 @@ def plane_name(header: SliceHeader) -> str:
 
 
 def check_spacing(series: DicomSeries) -> None:
-    """Set ``z_spacing`` and add warnings for missing slices, non-uniform spacing, shear, no positions."""
+    """Set ``z_spacing``; find missing slices, non-uniform spacing and shear (gantry tilt), say what they
+    are, and plan the regular grid the series is resampled to (``regularization``)."""
     slices = series.slices
     first = slices[0]
     if series.is_multiframe:
@@ -331,6 +354,7 @@ def check_spacing(series: DicomSeries) -> None:
             f"with an assumed spacing of {fallback:g} mm"
         )
         return
+    irregular: list[str] = []
     steps = np.diff(d)
     step = float(np.median(steps))
     tol = max(SPACING_RTOL * step, SPACING_ATOL_MM)
@@ -345,15 +369,14 @@ def check_spacing(series: DicomSeries) -> None:
             missing = int(np.sum(multiples - 1))
             where = [int(i) + 2 for i in np.nonzero(multiples > 1)[0]]  # 1-based slice after each gap
             shown = ", ".join(str(w) for w in where[:5]) + (", ..." if len(where) > 5 else "")
-            series.warnings.append(
+            irregular.append(
                 f"{missing} missing slice{'s' if missing > 1 else ''} (gap{'s' if len(where) > 1 else ''} "
-                f"before slice {shown} of {len(d)}); the volume uses a {step:.4g} mm spacing throughout, "
-                "so slices after a gap are placed closer than they were acquired"
+                f"before slice {shown} of {len(d)})"
             )
         else:
-            series.warnings.append(
+            irregular.append(
                 f"non-uniform slice spacing: {float(steps.min()):.4g} to {float(steps.max()):.4g} mm between "
-                f"slices; the volume uses the median, {step:.4g} mm"
+                "slices"
             )
     stack = np.asarray(slices[-1].position) - np.asarray(slices[0].position)
     length = float(np.linalg.norm(stack))
@@ -361,10 +384,21 @@ def check_spacing(series: DicomSeries) -> None:
         cosine = min(1.0, abs(float(np.dot(stack, first.normal))) / length)
         angle = math.degrees(math.acos(cosine))
         if angle > SHEAR_WARN_DEG:
-            series.warnings.append(
-                f"slices are sheared by {angle:.1f} degrees (gantry tilt?); the volume ignores the shear, "
-                "so positions away from the first slice are approximate"
-            )
+            irregular.append(f"slices are sheared by {angle:.1f} degrees (gantry tilt?)")
+    if not irregular:
+        return
+    series.warnings.extend(irregular)
+    if first.pixel_spacing is None or first.orientation is None or not (first.rows and first.columns):
+        series.warnings.append(
+            "the headers lack what a regular grid needs (pixel spacing, orientation): the slices are "
+            f"stacked {step:.4g} mm apart, so positions away from the first slice are approximate"
+        )
+        return
+    acquired = acquired_slices(
+        [s.position for s in slices], first.orientation, first.pixel_spacing, (first.columns, first.rows)
+    )
+    series.regularization = plan_regular_grid(acquired)
+    series.warnings.append(series.regularization.note)
 
 
 def monotonic_positions(slices: list[SliceHeader]) -> bool:
@@ -397,6 +431,9 @@ def image_information(
     In-plane spacing, origin and direction come from GDCM (``ReadImageInformation`` on the first file), so
     that they are exactly what the loaded volume will have; the slice count and step from the headers.
     """
+    if series.regularization is not None:  # the grid it is resampled to
+        grid = series.regularization.grid
+        return grid.size, grid.spacing, grid.origin, grid.direction
     first = series.first
     reader = sitk.ImageFileReader()
     reader.SetFileName(first.path)

@@ -167,7 +167,7 @@ def test_float_mask_file_accepted_when_whole_numbers_only(tmp_path):
         LabelMap.load(path)
 
 
-def test_4d_vector_and_2d_files_are_refused(tmp_path):
+def test_4d_and_vector_files_are_refused_2d_is_one_slice(tmp_path):
     volume = GRID.image_from_array(_blocks().astype(np.uint8))
     four_d = _write(sitk.JoinSeries([volume, volume]), tmp_path / "4d.nii.gz")
     with pytest.raises(MaskError, match="4-D"):
@@ -175,9 +175,8 @@ def test_4d_vector_and_2d_files_are_refused(tmp_path):
     vector = _write(sitk.Compose([volume, volume]), tmp_path / "vector.nii.gz")
     with pytest.raises(MaskError, match="one value per voxel"):
         LabelMap.load(vector)
-    flat = _write(sitk.GetImageFromArray(np.zeros((5, 6), np.uint8)), tmp_path / "2d.nii.gz")
-    with pytest.raises(MaskError, match="3-D"):
-        LabelMap.load(flat)
+    flat = _write(sitk.GetImageFromArray(np.ones((5, 6), np.uint8)), tmp_path / "2d.nii.gz")
+    assert LabelMap.load(flat).shape == (1, 5, 6)
 
 
 def test_broken_files_are_refused(tmp_path):
@@ -253,3 +252,56 @@ def test_failed_save_keeps_the_old_files_and_leaves_no_temporary(tmp_path, monke
     with pytest.raises(OSError):
         LabelMap.empty(GRID).save(tmp_path / "new.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
+# ------------------------------------------------------------ data safety (issue 13): what is not a label map
+
+
+def _write_image(path, array, spacing=(1.0, 1.0, 1.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_an_intensity_image_is_not_a_label_map(tmp_path, chaos_image_path):
+    with pytest.raises(MaskError, match=r"not a label map: it holds \d+ different values") as exc:
+        LabelMap.load(chaos_image_path(1))  # MR intensities: hundreds of whole numbers >= 0
+    assert str(chaos_image_path(1)) in str(exc.value) and "\n" not in str(exc.value)
+    # an 8-bit image: few enough values, but they change from voxel to voxel like an image's
+    noise = np.random.default_rng(0).integers(1, 200, size=(4, 32, 32)).astype(np.uint8)
+    with pytest.raises(MaskError, match="change from one voxel to the next"):
+        LabelMap.load(_write_image(tmp_path / "noise.nii.gz", noise))
+
+
+def test_many_labels_in_regions_are_still_a_label_map(tmp_path):
+    """An atlas: 100 labels, each a region of one value, loads."""
+    atlas = np.zeros((10, 40, 40), np.uint8)
+    for k in range(100):
+        z, y, x = k // 10, (k % 10) * 4, 0
+        atlas[z, y : y + 4, x : x + 40] = k + 1
+    loaded = LabelMap.load(_write_image(tmp_path / "atlas.nii.gz", atlas))
+    assert len(loaded.present_labels()) == 100
+
+
+def test_a_label_map_with_nan_is_refused(tmp_path):
+    """ITK's NIfTI reader turns NaN into 0 without a word: the file itself is looked at."""
+    nibabel = pytest.importorskip("nibabel")
+    mask = np.zeros((4, 5, 6), np.float32)
+    mask[1, 1:3, 1:3] = 1.0
+    mask[2, 2, 2] = np.nan
+    mask[3, 0, 0] = np.inf
+    nibabel.save(nibabel.Nifti1Image(mask, np.eye(4)), tmp_path / "nan.nii.gz")
+    with pytest.raises(MaskError, match=r"2 voxel\(s\) are NaN or infinite"):
+        LabelMap.load(tmp_path / "nan.nii.gz")
+    nrrd = tmp_path / "nan.nrrd"  # other formats keep the NaN: refused by the value check
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(nrrd))
+    with pytest.raises(MaskError, match="NaN or infinite"):
+        LabelMap.load(nrrd)
+
+
+def test_an_uncompressed_file_named_nii_gz_loads(tmp_path):
+    plain = _write_image(tmp_path / "mask.nii", _blocks().astype(np.uint8))
+    renamed = tmp_path / "mask_plain.nii.gz"
+    renamed.write_bytes(plain.read_bytes())
+    np.testing.assert_array_equal(LabelMap.load(renamed).array, _blocks())

@@ -383,7 +383,7 @@ def test_slices_with_different_rescale_are_each_rescaled(tmp_path):
     np.testing.assert_allclose(volume.array, np.stack(expected))
 
 
-def test_a_missing_slice_loads_with_a_warning(tmp_path):
+def test_a_missing_slice_is_put_back_on_a_regular_grid_with_a_warning(tmp_path):
     values = random_hu((10, 8, 8))
     write_series(tmp_path, values, positions=[i * 2.5 for i in range(10)])
     (tmp_path / "100_0005.dcm").unlink()  # slice 5 of 10 (index 4)
@@ -391,23 +391,34 @@ def test_a_missing_slice_loads_with_a_warning(tmp_path):
     info = list_series(tmp_path)[0]
     volume = load_volume(tmp_path)
 
-    assert volume.shape == (9, 8, 8)
-    np.testing.assert_array_equal(volume.array, np.delete(values, 4, axis=0))
+    assert volume.shape == (10, 8, 8)  # the acquired slices where they were, the missing one interpolated
+    kept = [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    np.testing.assert_array_equal(volume.array[kept], values[kept])
+    expected = np.rint((values[3].astype(float) + values[5]) / 2)
+    np.testing.assert_allclose(volume.array[4], expected, atol=1)
     assert volume.geometry.spacing[2] == pytest.approx(2.5)
     assert any("1 missing slice" in w for w in volume.warnings), volume.warnings
-    assert any("1 missing slice" in w for w in info.warnings)
-    assert info.size == (8, 8, 9)
+    assert any("regular grid of 10 slices 2.5 mm apart" in w for w in volume.warnings)
+    assert info.warnings == volume.warnings and info.size == (8, 8, 10)
+    assert volume.metadata.regularization.planes == (0, 1, 2, 3, 5, 6, 7, 8, 9)
+    as_stacked = load_volume(tmp_path, regularize=False)  # the slices stacked as they come
+    np.testing.assert_array_equal(as_stacked.array, np.delete(values, 4, axis=0))
+    assert any("approximate" in w for w in as_stacked.warnings)
 
 
-def test_non_uniform_spacing_loads_with_a_warning_giving_the_range(tmp_path):
-    positions = [0, 1, 2, 3.7, 4.7, 5.7, 7.0, 8.0]
+def test_non_uniform_spacing_is_resampled_with_a_warning_giving_the_range(tmp_path):
+    positions = [0, 1, 2, 3.7, 4.7, 5.7, 7.0, 8.0]  # on a 0.1 mm lattice: finer than 4x the slices
     write_series(tmp_path, random_hu((8, 8, 8)), positions=positions)
     info = list_series(tmp_path)[0]
     volume = load_volume(tmp_path)
     warning = next(w for w in volume.warnings if "non-uniform" in w)
     assert "1 to 1.7 mm" in warning
     assert info.warnings == volume.warnings
-    assert volume.geometry.spacing[2] == pytest.approx(1.0)
+    plan = volume.metadata.regularization
+    assert volume.shape[0] <= 4 * 8 and not plan.exact
+    assert any(f"within {plan.max_error_mm:.2g} mm of its true position" in w for w in volume.warnings)
+    grid = np.arange(volume.shape[0]) * volume.geometry.spacing[2]
+    assert max(min(abs(grid - p)) for p in positions) == pytest.approx(plan.max_error_mm)
 
 
 def test_mixed_image_sizes_are_split_never_mixed(tmp_path):
@@ -447,11 +458,13 @@ def test_slices_at_the_same_positions_with_nothing_to_tell_them_apart_are_refuse
     assert_one_line(exc.value)
 
 
-def test_gantry_tilt_is_reported(tmp_path):
+def test_gantry_tilt_is_reported_and_resampled(tmp_path):
     offsets = [(0.0, i * 0.5, 0.0) for i in range(5)]  # the stack leans along y: about 27 degrees
     write_series(tmp_path, random_hu((5, 8, 8)), offsets=offsets)
     volume = load_volume(tmp_path)
     assert any("sheared by 26.6 degrees" in w for w in volume.warnings), volume.warnings
+    assert any("widened for the tilt" in w for w in volume.warnings)
+    assert volume.shape == (5, 11, 8)  # 2 mm of shift at 0.8 mm pixels: 3 more rows
 
 
 def test_series_spread_over_two_folders_is_one_series(tmp_path):
@@ -503,7 +516,10 @@ def test_quick_path_for_one_series_gives_what_the_careful_path_gives(kind, tmp_p
     assert quick.metadata.to_dict() == careful.metadata.to_dict()
     assert quick.metadata.files == careful.metadata.files
     assert bool(calls) == (kind == "mixed rescale")
-    np.testing.assert_array_equal(quick.array, values)
+    plan = quick.metadata.regularization  # missing slice, uneven: on a regular grid, acquired slices kept
+    planes = list(plan.planes) if plan is not None else list(range(len(values)))
+    assert (plan is not None) == (kind in ("missing slice", "uneven"))
+    np.testing.assert_array_equal(quick.array[planes], values)
 
 
 def test_series_info_is_json_able(tmp_path):
@@ -698,7 +714,9 @@ def test_a_truncated_file_in_a_series_is_left_out_with_a_warning(tmp_path):
     assert info.n_files == 4
     assert any("could not be read" in w and paths[2].name in w for w in info.warnings), info.warnings
     assert any("1 missing slice" in w for w in info.warnings)
-    np.testing.assert_array_equal(load_volume(tmp_path).array, values[[0, 1, 3, 4]])
+    volume = load_volume(tmp_path)
+    assert volume.shape == values.shape  # the left-out slice is interpolated between its neighbours
+    np.testing.assert_array_equal(volume.array[[0, 1, 3, 4]], values[[0, 1, 3, 4]])
 
 
 def test_a_series_gdcm_cannot_parse_is_listed_and_refused_in_one_line(tmp_path, pydicom_file):
@@ -774,3 +792,49 @@ def test_other_formats_simpleitk_reads(tmp_path):
     picture = load_volume(tmp_path / "red.png")
     assert picture.shape == (1, 4, 5)
     np.testing.assert_allclose(picture.array, 0.299 * 255, rtol=1e-6)
+
+
+# ------------------------------------------------------- data safety (issue 13): a bad file in a folder
+
+
+def test_a_file_gdcm_cannot_parse_does_not_hide_the_folder(tmp_path, pydicom_file):
+    """One file stops GDCM's scan of its whole folder (its raw text was the only answer): the folder's
+    files are then read one by one, every readable series is offered, and the damaged file is named."""
+    values = random_hu((4, 8, 8))
+    paths = write_series(tmp_path, values)
+    shutil.copy(pydicom_file("rtdose_1frame.dcm"), tmp_path / "dose.dcm")  # GDCM's scan throws on it
+    (tmp_path / "broken.dcm").write_bytes(paths[0].read_bytes()[:300])  # a header that breaks off
+    with pytest.raises(RuntimeError):  # what GDCM does with this folder
+        sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path))
+
+    series = list_series(tmp_path)
+
+    ct = next(s for s in series if s.modality == "CT")
+    assert ct.size == (8, 8, 4) and not ct.error
+    assert any("1 DICOM file(s)" in w and "broken.dcm" in w for w in ct.warnings), ct.warnings
+    np.testing.assert_array_equal(load_series(ct).array, values)
+    np.testing.assert_array_equal(load_volume(tmp_path, ct.uid).array, values)
+
+
+def test_pydicoms_own_test_folder_offers_every_readable_series(pydicom_file):
+    folder = pydicom_file("CT_small.dcm").parent
+    series = list_series(folder)
+    assert len(series) > 40
+    assert sum(1 for s in series if not s.error) > 40
+    ct_small = next(s for s in series if Path(s.files[0]).name == "CT_small.dcm")
+    assert load_series(ct_small).shape == (1, 128, 128)
+
+
+def test_planar_images_have_no_patient_orientation(pydicom_file, tmp_path, capsys):
+    """Item 13: JPEG-lossy.dcm (a whole-body NM scan without Image Orientation (Patient)) and a picture
+    claim no orientation; a CT slice and a NIfTI with a qform do."""
+    from sd_fsmis.cli import main
+
+    planar = pydicom_file("JPEG-lossy.dcm")
+    assert not list_series(planar)[0].oriented and not load_volume(planar).metadata.oriented
+    assert load_volume(pydicom_file("CT_small.dcm")).metadata.oriented
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.uint8)), str(tmp_path / "picture.png"))
+    assert not load_volume(tmp_path / "picture.png").metadata.oriented
+    assert main(["info", str(planar)]) == 0
+    out = capsys.readouterr().out
+    assert "none" in out and "no patient orientation" in out and "LPS" not in out

@@ -433,3 +433,19 @@ def test_binding_reference_leak_is_neutralised(qtbot):
         slider.setValue(i % 7)
     if binding_leaks_singletons():
         assert protect_singletons() and sys.getrefcount(None) > 1 << 30
+
+
+@pytest.mark.parametrize("view", ["axial", "coronal", "sagittal"])
+def test_an_image_without_patient_orientation_gets_no_anatomical_names(qtbot, view):
+    """Data safety (issue 13, item 13): a planar image (no Image Orientation (Patient)) is shown as stored,
+    its views not called axial/coronal/sagittal and its edges without R/L, A/P, S/I."""
+    widget = make_view(qtbot, view)
+    assert widget.title.text() == view.capitalize()
+    assert all(m.text() for m in widget._markers)
+    widget.set_volume(ramp_volume(), geometry(RAS_STORED), oriented=False)
+    assert widget.title.text() not in ("Axial", "Coronal", "Sagittal") and "no patient orientation" in (
+        widget.title.toolTip()
+    )
+    assert [m.text() for m in widget._markers] == ["", "", "", ""]
+    if view == "axial":  # as stored: column x to the right, row y down, whatever the stand-in direction
+        assert widget.layout_info.transform[0] > 0 and widget.layout_info.transform[3] > 0

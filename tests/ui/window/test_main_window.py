@@ -193,6 +193,40 @@ def test_dicom_folder_with_two_series_asks_which_to_open(make_window, dicom_two_
     assert window.actions_.file["export_seg"].isEnabled()  # a DICOM study
 
 
+def test_a_folder_with_a_file_gdcm_cannot_parse_offers_its_series(make_window, tmp_path, pydicom_file):
+    """Data safety (issue 13, item 11): the chooser offers every readable series and names the damaged file;
+    a series without a Frame of Reference UID opens, its DICOM-SEG export disabled with the reason."""
+    import shutil
+
+    import pydicom
+
+    folder = tmp_path / "dicom"
+    write_series(folder, phantom_ct((4, 40, 48), 1), "1.2.826.0.1.3680043.8.498.31", "axial")
+    shutil.copy(pydicom_file("rtdose_1frame.dcm"), folder / "dose.dcm")
+    first = sorted(folder.glob("31_*.dcm"))[0]
+    (folder / "broken.dcm").write_bytes(first.read_bytes()[:300])
+    for f in folder.glob("31_*.dcm"):
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    window = make_window()
+    offered: list[list[str]] = []
+
+    def choose(series, path):
+        dialog = SeriesDialog(series, path, window)
+        offered.extend([dialog.table.item(r, c).text() for c in range(7)] for r in range(len(series)))
+        return [s for s in series if s.description == "axial"]
+
+    window.opener.choose = choose
+    window.open_paths([folder])
+    assert window.wait_idle(60_000)
+    ct = next(row for row in offered if row[1] == "axial")
+    assert "broken.dcm" in ct[6] and "could not be read" in ct[6]
+    assert window.session.active_study.volume.shape == (4, 40, 48)
+    export = window.actions_.file["export_seg"]
+    assert not export.isEnabled() and "Frame of Reference UID" in export.toolTip()
+
+
 def test_series_dialog_selects_several_and_greys_out_broken_series(qtbot):
     from sd_fsmis.core.io.listing import SeriesInfo
 
@@ -509,6 +543,39 @@ def test_export_dicom_seg_of_a_dicom_study(make_window, dicom_two_series, tmp_pa
     assert not window.errors
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "Label 1"
+
+
+def test_no_save_or_export_writes_over_an_opened_study(make_window, dicom_two_series, tmp_path):
+    """Data safety (issue 13): the study's own files are inputs, whatever the file dialog was given."""
+    window = make_window()
+    window.opener.choose = lambda series, path: series[:1]
+    window.open_paths([dicom_two_series])
+    assert window.wait_idle(60_000)
+    window.active_layer.paint_line(0, 2, [(20, 20)], radius=4)
+    slice_file = Path(window.session.active_study.volume.metadata.files[0])
+    before = slice_file.read_bytes()
+    window.files.export_dicom_seg(slice_file)
+    assert window.wait_idle(60_000)
+    assert window.errors and "refusing to write over an input" in window.errors[-1]
+    nifti = tmp_path / "ct.nii.gz"
+    nifti.write_bytes(b"not really an image, but an input")
+    window.session.active_study.path = str(nifti)
+    assert window.files.save(nifti) is None
+    assert "refusing to write over an input" in window.errors[-1]
+    assert slice_file.read_bytes() == before and nifti.read_bytes() == b"not really an image, but an input"
+    out = window.files.save(tmp_path / "mask.nii.gz")  # anywhere else: fine
+    assert out is not None and out.is_file()
+    assert window.files.save(out) == out  # and the mask may be saved over its own file again
+
+
+def test_the_study_itself_is_refused_as_a_mask(demo_window):
+    window = demo_window
+    study = window.session.active_study
+    layers = len(study.layers)
+    window.files.load(study.path)
+    assert window.wait_idle(30_000)
+    assert window.errors and "is the image itself" in window.errors[-1]
+    assert len(study.layers) == layers
 
 
 def test_screenshot_writes_a_png(demo_window, tmp_path):

@@ -72,6 +72,20 @@ class SegmentationRequest:
             list(range(self.query.shape[0])) if self.slices is None else sorted(int(s) for s in self.slices)
         )
 
+    def checked_slices(self) -> list[int]:
+        """:attr:`slice_indices`, after the checks every engine makes before working: each support mask
+        holds something (MaskError) and each query slice is in the volume (ValueError)."""
+        from sd_fsmis.core.errors import MaskError
+
+        for k, support in enumerate(self.supports):
+            if not np.asarray(support.mask, dtype=bool).any():
+                raise MaskError(f"support {k + 1} (slice {support.slice_index}) has an empty mask")
+        slices = self.slice_indices
+        depth = self.query.shape[0]
+        if any(not 0 <= z < depth for z in slices):
+            raise ValueError(f"query slices must be in 0..{depth - 1}")
+        return slices
+
     def supports_for(self, slice_index: int) -> list[int]:
         """Indices of the support examples that serve ``slice_index`` (all K when there is no assignment)."""
         if self.assignment is None:

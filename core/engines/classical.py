@@ -41,7 +41,6 @@ from scipy import ndimage
 
 from sd_fsmis.core.engines.base import SegmentationRequest, SegmentationResult
 from sd_fsmis.core.engines.support import nearest_support_assignment
-from sd_fsmis.core.errors import MaskError
 from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -167,13 +166,7 @@ class ClassicalEngine:
     ) -> SegmentationResult:
         """Segment ``request.slices``; progress per slice; :class:`JobCancelled` between slices."""
         start = time.perf_counter()
-        for k, support in enumerate(request.supports):
-            if not np.asarray(support.mask, dtype=bool).any():
-                raise MaskError(f"support {k + 1} (slice {support.slice_index}) has an empty mask")
-        slices = request.slice_indices
-        depth = request.query.shape[0]
-        if any(not 0 <= z < depth for z in slices):
-            raise ValueError(f"query slices must be in 0..{depth - 1}")
+        slices = request.checked_slices()
         uses = self._supports_per_slice(request, slices)
         tasks = self._plan(request, uses)
         soft = np.zeros(request.query.shape, dtype=np.float32)

@@ -47,7 +47,6 @@ from scipy import ndimage
 from sd_fsmis.core.engines.appearance import AppearanceModel, AppearanceSettings
 from sd_fsmis.core.engines.base import SegmentationRequest, SegmentationResult
 from sd_fsmis.core.engines.slice_fit import FitSettings, fit_slice, signed_distance
-from sd_fsmis.core.errors import MaskError
 from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -118,13 +117,7 @@ class PropagationEngine:
     ) -> SegmentationResult:
         """Segment ``request.slices``; progress per slice; :class:`JobCancelled` before any slice."""
         start = time.perf_counter()
-        for k, support in enumerate(request.supports):
-            if not np.asarray(support.mask, dtype=bool).any():
-                raise MaskError(f"support {k + 1} (slice {support.slice_index}) has an empty mask")
-        slices = request.slice_indices
-        depth = request.query.shape[0]
-        if any(not 0 <= z < depth for z in slices):
-            raise ValueError(f"query slices must be in 0..{depth - 1}")
+        slices = request.checked_slices()
         reporter = ProgressReporter(len(slices), progress, cancel)
         reporter.report("preparing")
         reporter.check()

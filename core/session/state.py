@@ -238,21 +238,28 @@ class Session:
             except KeyError:
                 continue
 
-    def segmentation_inputs(self, query: Study, label_name: str | None = None) -> SegmentationInputs:
+    def segmentation_inputs(
+        self,
+        query: Study,
+        label_name: str | None = None,
+        entries: tuple[SupportEntry, ...] | list[SupportEntry] | None = None,
+    ) -> SegmentationInputs:
         """What the segmentation job needs to segment ``query`` from the support set.
 
         ``label_name``: the structure to segment, when the support set holds several (the entries of that
-        name are used). Raises :class:`MaskError` when there is no support, several structures and no
-        choice, or a support slice that no longer holds its label.
+        name are used). ``entries``: only these entries of the support set (e.g. a
+        :func:`~sd_fsmis.core.session.support_choice.choose_supports` choice: this study's first).
+        Raises :class:`MaskError` when there is no support, several structures and no choice, or a
+        support slice that no longer holds its label.
         """
         from sd_fsmis.core.engines.segmentation import SupportSource
 
         if query not in self._studies:
             raise ValueError(f"{query!r} is not open")
-        entries = tuple(self.support_set)
+        entries = tuple(self.support_set) if entries is None else tuple(entries)
         if not entries:
             raise MaskError("no support example: paint the structure on a slice and add it as support")
-        names = self.support_set.label_names()
+        names = list(dict.fromkeys(e.label_name for e in entries))
         if label_name is None:
             if len({n.lower() for n in names}) > 1:
                 raise MaskError(

@@ -32,6 +32,12 @@ from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
 from sd_fsmis.core.session.runs import Run
 from sd_fsmis.core.session.state import SegmentationInputs, Session
 from sd_fsmis.core.session.study import Study
+from sd_fsmis.core.session.support_choice import (
+    SupportChoice,
+    choose_supports,
+    preferred_structure,
+    structures,
+)
 from sd_fsmis.ui.workers.job_worker import JobWorker, error_box, format_seconds, qt_alive
 
 log = logging.getLogger(__name__)
@@ -144,6 +150,8 @@ class SegmentPanel(QtWidgets.QWidget):
         self._idle_status = ""
         #: the study the last run's message and "Done" bar are about (they are cleared for another study)
         self._status_study_id: str | None = None
+        #: the structure to show next: the one just added as a support, or preferred for the study shown
+        self._follow: str | None = None
         self._build()
         self._connect_session()
         builtin = [c for c in available_engines() if c.kind == "classical"]
@@ -189,6 +197,12 @@ class SegmentPanel(QtWidgets.QWidget):
         self.label_combo.setPlaceholderText("from the support examples")
         self.label_combo.currentIndexChanged.connect(lambda _i: self._update_state())
         self.k_label = QtWidgets.QLabel()
+        self.other_check = QtWidgets.QCheckBox()
+        self.other_check.setToolTip(
+            "Also use the supports of this structure painted on other studies (other patients' anatomy)"
+        )
+        self.other_check.setVisible(False)
+        self.other_check.toggled.connect(lambda _on: self._update_state())
 
         self.whole_check = QtWidgets.QCheckBox("Whole volume")
         self.whole_check.setChecked(True)
@@ -222,8 +236,13 @@ class SegmentPanel(QtWidgets.QWidget):
         form.addRow("Batch:", self.batch_spin)
         form.addRow("Structure:", self.label_combo)
         form.addRow("Supports:", self.k_label)
+        form.addRow("", self.other_check)
         form.addRow("Slices:", range_row)
 
+        #: what Segment will do, said before it runs ("right kidney, 1 support from this study, propagation")
+        self.plan_label = QtWidgets.QLabel()
+        self.plan_label.setWordWrap(True)
+        self.plan_label.setTextFormat(Qt.TextFormat.PlainText)
         self.segment_button = QtWidgets.QPushButton("Segment")
         self.segment_button.setDefault(True)
         self.segment_button.clicked.connect(self.segment)
@@ -247,6 +266,7 @@ class SegmentPanel(QtWidgets.QWidget):
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.plan_label)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
@@ -255,20 +275,37 @@ class SegmentPanel(QtWidgets.QWidget):
     # -------------------------------------------------------------------------------- session events
     def _connect_session(self) -> None:
         events = self.session.events
-        events.active_study.connect(self._on_session_event)
+        events.active_study.connect(self._on_active_study)
         events.study_added.connect(self._on_session_event)
         events.study_removed.connect(self._on_session_event)
+        self.session.support_set.events.added.connect(self._on_support_added)
         self.session.support_set.events.any.connect(self._on_session_event)
 
     def _disconnect_session(self) -> None:
         events = self.session.events
-        for signal in (events.active_study, events.study_added, events.study_removed):
+        events.active_study.disconnect(self._on_active_study)
+        for signal in (events.study_added, events.study_removed):
             signal.disconnect(self._on_session_event)
+        self.session.support_set.events.added.disconnect(self._on_support_added)
         self.session.support_set.events.any.disconnect(self._on_session_event)
 
     def _on_session_event(self, *_args: object) -> None:
         if qt_alive(self):
             self._update_state()
+
+    def _on_support_added(self, entry: object) -> None:
+        """The structure follows what was just added as a support (the support set's ``any`` updates)."""
+        self._follow = getattr(entry, "label_name", None)
+
+    def _on_active_study(self, study: Study | None) -> None:
+        """Another study is shown: offer a structure painted on it, if the current one is not."""
+        if not qt_alive(self):
+            return
+        self.other_check.setChecked(False)
+        current = self.label_name
+        if study is not None:
+            self._follow = preferred_structure(self.session.support_set, study.id, current)
+        self._update_state()
 
     # ------------------------------------------------------------------------------------------ models
     def refresh_models(self) -> None:
@@ -440,32 +477,29 @@ class SegmentPanel(QtWidgets.QWidget):
             if self.whole_check.isChecked():
                 self.from_spin.setValue(1)
                 self.to_spin.setValue(z)
-        # the structures of the support set
-        names = self.session.support_set.label_names()
+        # the structures of the support set; the one shown follows what was painted last
+        names = structures(self.session.support_set)
         current = self.label_combo.currentText()
-        if [self.label_combo.itemText(i) for i in range(self.label_combo.count())] != names:
+        wanted, self._follow = self._follow, None
+        if wanted is None and current not in names and study is not None:
+            wanted = preferred_structure(self.session.support_set, study.id, None)
+        chosen = wanted if wanted in names else (current if current in names else (names[0] if names else ""))
+        items = [self.label_combo.itemText(i) for i in range(self.label_combo.count())]
+        if items != names or chosen != current:
             self.label_combo.blockSignals(True)
-            self.label_combo.clear()
-            self.label_combo.addItems(names)
-            if current in names:
-                self.label_combo.setCurrentText(current)
-            elif names:
-                self.label_combo.setCurrentIndex(0)  # with a placeholder, Qt leaves the index at -1
+            if items != names:
+                self.label_combo.clear()
+                self.label_combo.addItems(names)
+            if chosen:  # with a placeholder, Qt leaves the index at -1 after addItems
+                self.label_combo.setCurrentText(chosen)
             self.label_combo.blockSignals(False)
         self.label_combo.setEnabled(len(names) > 1 and not self.is_running())
-        entries = [
-            e for e in self.session.support_set if e.label_name.lower() == (self.label_name or "").lower()
-        ]
-        k = len(entries)
-        if not names:
-            self.k_label.setText("none yet")
-        else:
-            studies = {e.study_id for e in entries}
-            where = "" if len(studies) <= 1 else f" from {len(studies)} studies"
-            self.k_label.setText(f"K = {k} ({k}-shot){where}")
+        choice = self.support_choice()
+        self._show_choice(choice)
         reason = self.segment_disabled_reason()
         self.segment_button.setEnabled(reason == "")
         self.segment_button.setToolTip(reason or "Segment the structure on the whole study in the background")
+        self.plan_label.setVisible(choice is not None and not reason)
         if not self.is_running():
             study = self.session.active_study
             if self._status_study_id is not None and (study is None or study.id != self._status_study_id):
@@ -474,6 +508,41 @@ class SegmentPanel(QtWidgets.QWidget):
                 self.progress_bar.setValue(0)
                 self.progress_bar.setFormat("")
             self.status_label.setText(reason if reason else self._idle_status)
+
+    def support_choice(self) -> SupportChoice | None:
+        """The supports Segment would use on the active study (this study's first); None without any."""
+        study, name = self.query_study, self.label_name
+        if study is None or not name or len(self.session.support_set) == 0:
+            return None
+        return choose_supports(
+            self.session.support_set,
+            study.id,
+            name,
+            self.session.studies_by_id(),
+            other_studies=self.other_check.isChecked(),
+        )
+
+    def plan_text(self) -> str:
+        """What Segment will do: ``"right kidney, 1 support from this study, propagation"`` ("" when it
+        cannot run)."""
+        choice = self.support_choice()
+        return choice.statement(self.engine_name) if choice is not None and choice.entries else ""
+
+    def _show_choice(self, choice: SupportChoice | None) -> None:
+        if choice is None:
+            self.k_label.setText("none yet")
+            self.other_check.setVisible(False)
+            self.plan_label.setText("")
+            return
+        k = choice.k
+        self.k_label.setText(f"K = {k} ({k}-shot) {choice.origin()}" if k else "K = 0")
+        if choice.here and (choice.left_out or self.other_check.isChecked()):
+            n = choice.left_out or choice.elsewhere
+            self.other_check.setText(f"Also use the {n} from other studies")
+            self.other_check.setVisible(True)
+        else:
+            self.other_check.setVisible(False)
+        self.plan_label.setText(f"Will segment: {choice.statement(self.engine_name)}")
 
     def segment_disabled_reason(self) -> str:
         """Why Segment cannot be pressed now ("" when it can)."""
@@ -495,8 +564,14 @@ class SegmentPanel(QtWidgets.QWidget):
         if reason or study is None:
             self._show_error("Cannot segment", reason or "Open a study first")
             return False
+        choice = self.support_choice()
+        if choice is None or not choice.entries:
+            self._show_error("Cannot segment", f"No support example shows {self.label_name or 'a structure'}")
+            return False
+        if choice.from_other_studies and not self._confirm_other_studies(choice):
+            return False
         try:
-            inputs = self.session.segmentation_inputs(study, self.label_name)
+            inputs = self.session.segmentation_inputs(study, choice.label_name, entries=choice.entries)
         except UserError as exc:
             self._show_error("Cannot segment", str(exc))
             return False
@@ -545,6 +620,20 @@ class SegmentPanel(QtWidgets.QWidget):
         self.status_label.setText(f"Segmenting {inputs.label_name} on {study.name} ({inputs.k}-shot)…")
         self.runStarted.emit()
         return True
+
+    def _confirm_other_studies(self, choice: SupportChoice) -> bool:
+        """Ask before segmenting from supports painted on another study (possibly another patient)."""
+        study = self.query_study
+        kind = "patients" if choice.other_patient else "studies"
+        text = (
+            f"Segment {choice.label_name} on {study.name if study is not None else 'this study'} "
+            f"from {choice.where()}?\n\nThe engine will look for the structure as it was painted on other "
+            f"{kind}. To use this study's own anatomy, paint {choice.label_name} on a slice here and press S."
+        )
+        answer = QtWidgets.QMessageBox.question(
+            self, "Supports from another study", text, defaultButton=QtWidgets.QMessageBox.StandardButton.No
+        )
+        return answer == QtWidgets.QMessageBox.StandardButton.Yes
 
     def cancel(self) -> None:
         """Stop the running segmentation at its next slice or batch (nothing is added to the study)."""

@@ -106,7 +106,7 @@ def test_builtin_segmentation_through_the_worker(qtbot, make_panel, liver_phanto
     panel = make_panel(session)
     assert panel.select_engine(engine)
     assert panel.segment_button.isEnabled()
-    assert panel.k_label.text() == "K = 2 (2-shot)"
+    assert panel.k_label.text() == "K = 2 (2-shot) from this study"
     assert panel.label_name == "liver"
     layers_before = study.layers
     progress: list[Progress] = []

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from sd_fsmis.core.geometry import Geometry
+from sd_fsmis.core.slice_numbering import SliceNumbering, slice_numbering
 
 if TYPE_CHECKING:
     from sd_fsmis.core.io.dicom.regularize import Regularization
@@ -80,6 +81,11 @@ class Volume:
     def to_sitk(self) -> sitk.Image:
         """A SimpleITK image with this volume's pixels and geometry."""
         return self.geometry.image_from_array(self.array)
+
+    def slice_numbering(self, axis: int = 0) -> SliceNumbering:
+        """How the slices along numpy ``axis`` are numbered and placed for the person (one convention for
+        every file format: :mod:`sd_fsmis.core.slice_numbering`)."""
+        return slice_numbering(self.geometry, axis, self.metadata.oriented)
 
     def slice(self, index: int) -> np.ndarray:
         """One axial slice ``(row, column)``."""

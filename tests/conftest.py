@@ -156,3 +156,42 @@ def write_dicom_series(
 def dicom_series_writer():
     """``dicom_series_writer(folder, values, positions=..., offsets=...)``: a CT series written here."""
     return write_dicom_series
+
+
+#: 6 slices of CHAOS patient 1 through the liver, 64 x 64 in-plane
+NUMBERING_CROP = (slice(12, 18), slice(96, 160), slice(80, 144))
+
+
+@pytest.fixture(scope="session")
+def chaos_as_nifti_and_dicom(chaos_image_path, tmp_path_factory):
+    """CHAOS patient 1, cropped, written as a NIfTI (stored feet to head, as the CHAOS file) and as a DICOM
+    series whose column direction points anterior (as the NIfTI's), so that its slice normal points to
+    the feet and GDCM stacks it head first: the two files store the slices in opposite orders."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from sd_fsmis.core.geometry import Geometry
+    from sd_fsmis.core.io.loader import load_volume
+
+    folder = tmp_path_factory.mktemp("numbering")
+    image = sitk.ReadImage(str(chaos_image_path(1)))
+    z, y, x = NUMBERING_CROP
+    cropped = image[x.start : x.stop, y.start : y.stop, z.start : z.stop]  # SimpleITK slices keep positions
+    cropped = sitk.Cast(sitk.Round(cropped), sitk.sitkInt16)
+    nifti = folder / "chaos1.nii.gz"
+    sitk.WriteImage(cropped, str(nifti))
+    g = Geometry.from_image(cropped)
+    d = np.asarray(g.direction).reshape(3, 3)
+    row, col = d[:, 0], d[:, 1]
+    normal = np.cross(row, col)  # (0, 0, -1): towards the feet
+    step = d[:, 2] * g.spacing[2]  # slice k lies at origin + k * step (towards the head)
+    positions = [float(np.dot(k * step, normal)) for k in range(g.size[2])]
+    write_dicom_series(
+        folder / "dicom",
+        sitk.GetArrayFromImage(cropped),
+        orientation=(*row, *col),
+        origin=g.origin,
+        spacing=g.spacing[:2],
+        positions=positions,
+    )
+    return load_volume(nifti), load_volume(folder / "dicom")

@@ -375,7 +375,8 @@ def restore(
             try:
                 layer = study.layer(entry.layer_id)
             except KeyError:
-                warnings.append(f"support slice {entry.slice_index + 1} of {study.name}: its mask is gone")
+                number = study.volume.slice_numbering().number(entry.slice_index)
+                warnings.append(f"support slice {number} of {study.name}: its mask is gone")
                 continue
             session.support_set.insert_entry(entry)
             session.support_set.refresh(entry, study, layer)

@@ -165,10 +165,11 @@ class SupportSet:
         if not 0 <= z < layer.array.shape[0]:
             raise MaskError(f"slice {z} is outside the study (0..{layer.array.shape[0] - 1})")
         name = layer.label_map.label_name(value)
+        number = study.volume.slice_numbering().number(z)  # as the viewer shows it
         if not (layer.array[z] == value).any():
-            raise MaskError(f"slice {z + 1} holds no {name}: paint it there first")
+            raise MaskError(f"slice {number} holds no {name}: paint it there first")
         if self.find(study.id, layer.id, z, value) is not None:
-            raise MaskError(f"slice {z + 1} of {study.name} is already a support example for {name}")
+            raise MaskError(f"slice {number} of {study.name} is already a support example for {name}")
         entry = SupportEntry(study.id, layer.id, z, value, name)
         _fill_thumbnail(entry, study, layer)
         self._entries.append(entry)
@@ -231,13 +232,12 @@ def support_groups(
     for entry in entries:
         study = studies.get(entry.study_id)
         if study is None:
-            raise MaskError(f"support slice {entry.slice_index + 1}: its study is no longer open")
+            raise MaskError(f"a support slice of {entry.label_name}: its study is no longer open")
+        number = study.volume.slice_numbering().number(entry.slice_index)
         try:
             layer = study.layer(entry.layer_id)
         except KeyError:
-            raise MaskError(
-                f"support slice {entry.slice_index + 1} of {study.name}: its mask was closed"
-            ) from None
+            raise MaskError(f"support slice {number} of {study.name}: its mask was closed") from None
         key = (study.id, layer.id, entry.label_value)
         group = groups.get(key)
         if group is None:
@@ -256,9 +256,7 @@ def support_groups(
             )
             groups[key] = group
         if not group.mask[entry.slice_index].any():
-            raise MaskError(
-                f"support slice {entry.slice_index + 1} of {study.name} no longer holds {entry.label_name}"
-            )
+            raise MaskError(f"support slice {number} of {study.name} no longer holds {entry.label_name}")
         if entry.slice_index not in group.slices:
             group.slices.append(entry.slice_index)
     for group in groups.values():

@@ -1,9 +1,12 @@
-"""Help ▸ Keyboard shortcuts (F1): every key and mouse gesture of the application in one table (Cellpose)."""
+"""Help ▸ Keyboard shortcuts (F1): every key and mouse gesture of the application in one table (Cellpose),
+and how slices are numbered."""
 
 from __future__ import annotations
 
 from PySide6 import QtGui, QtWidgets
 from PySide6.QtCore import Qt
+
+from sd_fsmis.core.slice_numbering import CONVENTION
 
 #: (section, [(keys, what it does)]): the one list the help window shows; the actions use the same keys.
 SHORTCUTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
@@ -90,8 +93,13 @@ class HelpDialog(QtWidgets.QDialog):
         self.table.resizeRowsToContents()
         close = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Close)
         close.rejected.connect(self.close)
+        #: the slice numbering convention (the same for DICOM and NIfTI: core.slice_numbering)
+        self.numbering_label = QtWidgets.QLabel(f"<b>Slice numbers.</b> {CONVENTION}")
+        self.numbering_label.setWordWrap(True)
+        self.numbering_label.setTextFormat(Qt.TextFormat.RichText)
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.table)
+        layout.addWidget(self.numbering_label)
         layout.addWidget(close)
         self.resize(620, 720)
 

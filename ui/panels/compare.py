@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -570,7 +571,9 @@ class ComparePanel(QtWidgets.QWidget):
             self.plot_title.setText("Dice per slice")
             return
         dice = np.asarray(comparison.dice_per_slice, dtype=np.float64)
-        slices = np.arange(1, dice.size + 1, dtype=np.float64)  # shown 1-based, like the viewer
+        number = self._slice_numbers()
+        # the slice numbers the viewer shows (one convention for every file: core.slice_numbering)
+        slices = np.asarray([number(z) for z in range(dice.size)], dtype=np.float64)
         finite = np.isfinite(dice)
         self.curve.setData(slices, dice)
         self.scatter.setData(x=slices[finite], y=dice[finite], data=[int(z) for z in np.flatnonzero(finite)])
@@ -579,10 +582,12 @@ class ComparePanel(QtWidgets.QWidget):
         if masks is not None:
             reference_range, self.beyond_slices = beyond_reference(*masks)
             if reference_range is not None:
-                self.reference_span.setRegion((reference_range[0] + 1, reference_range[1] + 1))
+                self.reference_span.setRegion(
+                    sorted((number(reference_range[0]), number(reference_range[1])))
+                )
                 self.reference_span.setVisible(True)
             if self.beyond_slices:
-                xs = [z + 1 for z in self.beyond_slices]
+                xs = [number(z) for z in self.beyond_slices]
                 self.beyond_scatter.setData(x=xs, y=[0.0] * len(xs), data=list(self.beyond_slices))
                 n = len(self.beyond_slices)
                 beyond_text = f"; {n} slice{'s' if n != 1 else ''} predicted beyond the reference's ends"
@@ -591,19 +596,25 @@ class ComparePanel(QtWidgets.QWidget):
             "click a point to show that slice)"
         )
         if finite.any():
-            first, last = int(slices[finite][0]), int(slices[finite][-1])
+            first, last = int(slices[finite].min()), int(slices[finite].max())
             self.plot.getPlotItem().setXRange(first - 1, last + 1, padding=0.02)
         if self._study is not None:
             for entry in self.session.support_set:
                 if entry.study_id == self._study.id and entry.label_name.lower() == comparison.name.lower():
                     line = pg.InfiniteLine(
-                        entry.slice_index + 1,
+                        number(entry.slice_index),
                         angle=90,
                         pen=pg.mkPen((150, 150, 150), style=Qt.PenStyle.DashLine),
                     )
-                    line.setToolTip(f"support slice {entry.slice_index + 1}")
+                    line.setToolTip(f"support slice {number(entry.slice_index)}")
                     self.plot.addItem(line)
                     self._support_lines.append(line)
+
+    def _slice_numbers(self) -> Callable[[int], int]:
+        """Slice index -> the number the viewer shows, for the study compared."""
+        if self._study is None:
+            return lambda index: int(index) + 1
+        return self._study.volume.slice_numbering().number
 
     def plot_points(self) -> list[tuple[int, float]]:
         """``(slice index, Dice)`` of the plotted points (0-based slices)."""

@@ -38,6 +38,7 @@ from sd_fsmis.core.session.support_choice import (
     preferred_structure,
     structures,
 )
+from sd_fsmis.core.slice_numbering import SliceNumbering
 from sd_fsmis.ui.workers.job_worker import JobWorker, error_box, format_seconds, qt_alive
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,14 @@ def list_engines(*, progress: ProgressCallback, cancel: CancelToken) -> tuple[li
     return available_engines(), default_engine_name()
 
 
-def predicted_range_text(mask) -> str:
-    """Where the structure was predicted, 1-based like the viewer: ``"Found on slices 8–19 (12 slices)."``."""
+def predicted_range_text(mask, numbering: SliceNumbering | None = None) -> str:
+    """Where the structure was predicted, numbered like the viewer (``numbering``; None: index + 1):
+    ``"Found on slices 8–19 (12 slices)."``."""
     found = [int(z) for z in mask.reshape(mask.shape[0], -1).any(axis=1).nonzero()[0]]
     if not found:
         return "Nothing was found."
-    first, last = found[0] + 1, found[-1] + 1
+    numbers = sorted(numbering.number(z) if numbering is not None else z + 1 for z in found)
+    first, last = numbers[0], numbers[-1]
     where = f"slice {first}" if first == last else f"slices {first}–{last}"
     gaps = (last - first + 1) - len(found)
     extra = f", {gaps} without it" if gaps else ""
@@ -443,20 +446,31 @@ class SegmentPanel(QtWidgets.QWidget):
         if index >= 0:
             self.device_combo.setCurrentIndex(index)
 
+    def _numbering(self) -> SliceNumbering | None:
+        study = self.query_study
+        return study.volume.slice_numbering() if study is not None else None
+
     def set_slice_range(self, first: int | None, last: int | None = None) -> None:
-        """Segment slices ``first..last`` (0-based, inclusive), or the whole volume when ``first`` is None."""
+        """Segment slices ``first..last`` (array indices, inclusive), or the whole volume when ``first`` is
+        None. The spin boxes show them numbered as the viewer does."""
         if first is None:
             self.whole_check.setChecked(True)
             return
         self.whole_check.setChecked(False)
-        self.to_spin.setValue(int(last if last is not None else first) + 1)
-        self.from_spin.setValue(int(first) + 1)
+        last = first if last is None else last
+        numbering = self._numbering()
+        numbers = [numbering.number(z) if numbering is not None else int(z) + 1 for z in (first, last)]
+        self.to_spin.setValue(max(numbers))
+        self.from_spin.setValue(min(numbers))
 
     def query_slices(self) -> list[int] | None:
-        """The 0-based slices to segment, None for the whole volume."""
+        """The slices to segment (array indices, ascending), None for the whole volume."""
         if self.whole_check.isChecked():
             return None
-        return list(range(self.from_spin.value() - 1, self.to_spin.value()))
+        numbering = self._numbering()
+        if numbering is None:
+            return list(range(self.from_spin.value() - 1, self.to_spin.value()))
+        return numbering.indices(self.from_spin.value(), self.to_spin.value())
 
     def _range_toggled(self, whole: bool) -> None:
         running = self.is_running()
@@ -582,7 +596,7 @@ class SegmentPanel(QtWidgets.QWidget):
         slices = self.query_slices()
         settings = {
             "device": device,
-            "slices": "all" if slices is None else f"{slices[0] + 1}-{slices[-1] + 1}",
+            "slices": "all" if slices is None else f"{self.from_spin.value()}-{self.to_spin.value()}",
         }
         if is_model:
             settings["batch_size"] = batch or "auto"
@@ -703,7 +717,8 @@ class SegmentPanel(QtWidgets.QWidget):
         text = (
             f"{inputs.label_name}: {slices} slice{'s' if slices != 1 else ''} in "
             f"{format_seconds(outcome.seconds)} ({outcome.engine}, {outcome.shots}-shot). "
-            f"{predicted_range_text(outcome.mask)} Added the layer “{layer.name}”."
+            f"{predicted_range_text(outcome.mask, inputs.query.slice_numbering())} "
+            f"Added the layer “{layer.name}”."
         )
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)

@@ -170,10 +170,11 @@ class SupportPanel(QtWidgets.QWidget):
         if z is None or not 0 <= z < layer.array.shape[0]:
             return "Show an axial slice of the study"
         name = layer.label_map.label_name(value)
+        number = study.volume.slice_numbering().number(z)
         if not (layer.array[z] == value).any():
-            return f"Paint {name} on slice {z + 1} first"
+            return f"Paint {name} on slice {number} first"
         if self.session.support_set.find(study.id, layer.id, z, value) is not None:
-            return f"Slice {z + 1} is already a support example for {name}"
+            return f"Slice {number} is already a support example for {name}"
         return ""
 
     def _update_add_button(self) -> None:
@@ -183,11 +184,13 @@ class SupportPanel(QtWidgets.QWidget):
             self.add_button.setToolTip(reason)
             self.context_label.setText(reason)
         else:
-            layer, z = self._layer, self._slice
-            assert layer is not None and z is not None and self.label_value is not None
+            study, layer, z = self._study, self._layer, self._slice
+            assert study is not None and layer is not None and z is not None and self.label_value is not None
             name = layer.label_map.label_name(self.label_value)
-            self.add_button.setToolTip(f"Use {name} on slice {z + 1} of “{layer.name}” as a support example")
-            self.context_label.setText(f"Slice {z + 1}: {name} in “{layer.name}”")
+            numbering = study.volume.slice_numbering()
+            number, where = numbering.number(z), numbering.position_text(z)
+            self.add_button.setToolTip(f"Use {name} on slice {number} of “{layer.name}” as a support example")
+            self.context_label.setText(f"Slice {number} ({where}): {name} in “{layer.name}”")
 
     def _on_layer_event(self, name: str, *args: object) -> None:
         if not qt_alive(self):
@@ -294,8 +297,10 @@ class SupportPanel(QtWidgets.QWidget):
     @staticmethod
     def _text(entry: SupportEntry, studies: dict[str, Study]) -> str:
         study = studies.get(entry.study_id)
-        study_name = study.name if study is not None else "(closed study)"
-        return f"{entry.label_name}, slice {entry.slice_index + 1}\n{study_name}"
+        if study is None:
+            return f"{entry.label_name}, slice index {entry.slice_index}\n(closed study)"
+        number = study.volume.slice_numbering().number(entry.slice_index)
+        return f"{entry.label_name}, slice {number}\n{study.name}"
 
     @staticmethod
     def _tooltip(entry: SupportEntry, studies: dict[str, Study]) -> str:
@@ -307,7 +312,8 @@ class SupportPanel(QtWidgets.QWidget):
         except KeyError:
             layer_name = "?"
         return (
-            f"{entry.label_name} (label {entry.label_value}) on slice {entry.slice_index + 1} of "
+            f"{entry.label_name} (label {entry.label_value}) on slice "
+            f"{study.volume.slice_numbering().number(entry.slice_index)} of "
             f"{study.volume.shape[0]}\nstudy: {study.name}\nmask: {layer_name}\nDouble-click to show it"
         )
 

@@ -20,11 +20,10 @@ millimetres, X to the screen's right and Y to the screen's bottom, so anisotropi
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
+from sd_fsmis.core.slice_numbering import patient_axes
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -43,8 +42,6 @@ MARKERS: dict[str, tuple[str, str, str, str]] = {
     "coronal": ("R", "L", "S", "I"),
     "sagittal": ("A", "P", "S", "I"),
 }
-
-IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 #: View titles of an image without patient orientation (a planar NM or X-ray, a picture): shown as stored,
 #: with names that claim no anatomy, and no orientation letters.
@@ -86,19 +83,6 @@ class PlaneLayout:
         """View coordinates (X, Y) in mm of the plane point (column, row), pixel corners at integers."""
         m11, m12, m21, m22, dx, dy = self.transform
         return (m11 * col + m21 * row + dx, m12 * col + m22 * row + dy)
-
-
-def patient_axes(direction: Sequence[float] | None) -> list[tuple[int, int]]:
-    """For each patient axis (L, P, S): ``(ITK index axis, sign)`` of the index axis closest to it.
-
-    ``direction`` is the row-major 3 x 3 LPS direction-cosine matrix (column ``j`` = index axis ``j``).
-    """
-    d = np.asarray(direction if direction is not None else IDENTITY_DIRECTION, dtype=float).reshape(3, 3)
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(d[p[j], j]) for j in range(3)))
-    result: list[tuple[int, int]] = [(0, 1)] * 3
-    for j, p in enumerate(best):  # index axis j runs mostly along patient axis p
-        result[p] = (j, 1 if d[p, j] >= 0 else -1)
-    return result
 
 
 def plane_layout(

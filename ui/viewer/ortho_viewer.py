@@ -292,7 +292,9 @@ class OrthoViewer(QtWidgets.QWidget):
         out.emit(view.axis, z, y, x, buttons, modifiers)
 
     def status_text(self, z: int, y: int, x: int) -> str:
-        """``x 120 y 88 z 21 | (12.5, -40.1, 33.0) mm | 134 HU`` (and ``| label 2`` on a labelled voxel)."""
+        """``slice 16 / 37 (S -77.1 mm) | x 120 y 88 z 21 | (12.5, -40.1, 33.0) mm | 134 HU`` (and
+        ``| label 2`` on a labelled voxel): the slice as numbered for the person, then the voxel's array
+        index, patient position and value."""
         if self._array is None:
             return ""
         if self._geometry is not None:
@@ -300,6 +302,10 @@ class OrthoViewer(QtWidgets.QWidget):
         else:
             mm = (float(x), float(y), float(z))
         text = f"x {x} y {y} z {z} | ({mm[0]:.1f}, {mm[1]:.1f}, {mm[2]:.1f}) mm"
+        # the stored slice (numpy axis 0: what supports and ranges refer to), numbered as its view does
+        numbering = next((v.numbering for v in self.views.values() if v.axis == 0 and v.numbering), None)
+        if numbering is not None:
+            text = f"slice {numbering.number(z)} / {numbering.count} ({numbering.position_text(z)}) | " + text
         text += f" | {format_value(self._array[z, y, x], self._modality)}"
         if self._labels is not None and self._labels[z, y, x]:
             text += f" | label {int(self._labels[z, y, x])}"

@@ -24,6 +24,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Qt, Signal
 
+from sd_fsmis.core.slice_numbering import SliceNumbering, slice_numbering
 from sd_fsmis.ui.colors import BACKGROUND, MARKER_COLOR, RGB
 from sd_fsmis.ui.pyside_fixes import protect_singletons
 from sd_fsmis.ui.viewer.orientation import UNORIENTED_TITLES, PlaneLayout, plane_layout
@@ -70,6 +71,7 @@ class SliceView(QtWidgets.QWidget):
         self.view = view
         self._array: np.ndarray | None = None
         self._layout: PlaneLayout = plane_layout(view, (1, 1, 1))
+        self._numbering: SliceNumbering | None = None
         self._spacing_zyx = (1.0, 1.0, 1.0)
         self._index = 0
         self._window = Window(0.5, 1.0)
@@ -121,6 +123,10 @@ class SliceView(QtWidgets.QWidget):
         self.slider.valueChanged.connect(self.set_slice)
         self.index_label = QtWidgets.QLabel("0 / 0")
         self.index_label.setMinimumWidth(70)
+        self.index_label.setToolTip(
+            "Slice number (counted along the patient's body: axial from the feet up) and the slice's "
+            "position in mm; F1 explains the convention"
+        )
         self.index_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
         header = QtWidgets.QHBoxLayout()
@@ -169,6 +175,11 @@ class SliceView(QtWidgets.QWidget):
     def axis(self) -> int:
         """The numpy axis normal to this view's plane (0 for an axial acquisition's axial view)."""
         return self._layout.axis
+
+    @property
+    def numbering(self) -> SliceNumbering | None:
+        """How this view's slices are numbered for the person (None before a volume with a geometry)."""
+        return self._numbering
 
     @property
     def slice_index(self) -> int:
@@ -222,6 +233,7 @@ class SliceView(QtWidgets.QWidget):
         self._array = array
         self._spacing_zyx = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
         self._layout = plane_layout(self.view, array.shape, spacing, direction, oriented)
+        self._numbering = slice_numbering(geometry, self.axis, oriented) if geometry is not None else None
         self.title.setText(self.view.capitalize() if oriented else UNORIENTED_TITLES[self.view])
         self.title.setToolTip(
             ""
@@ -242,7 +254,8 @@ class SliceView(QtWidgets.QWidget):
         self._index = self._cursor[self.axis]
         self.slider.blockSignals(True)
         self.slider.setRange(0, array.shape[self.axis] - 1)
-        self.slider.setInvertedAppearance(self._layout.wheel_step < 0)
+        # slice 1 at the slider's left end, whatever the file's order
+        self.slider.setInvertedAppearance(self._numbering is not None and self._numbering.reversed)
         self.slider.blockSignals(False)
         self._update_markers()
         self._show_slice()
@@ -263,7 +276,11 @@ class SliceView(QtWidgets.QWidget):
         self.slider.blockSignals(True)
         self.slider.setValue(self._index)
         self.slider.blockSignals(False)
-        self.index_label.setText(f"{self._index + 1} / {self.slice_count}")
+        self.index_label.setText(
+            self._numbering.label(self._index)
+            if self._numbering is not None
+            else f"{self._index + 1} / {self.slice_count}"
+        )
 
     def set_slice(self, index: int) -> None:
         """Show slice ``index`` along :attr:`axis` (clamped); emits ``sliceChanged`` when it changes."""
@@ -536,6 +553,7 @@ class SliceView(QtWidgets.QWidget):
             self.step_slice(steps)
             return True
         if event.key() in (Qt.Key.Key_Home, Qt.Key.Key_End) and self._array is not None:
-            self.set_slice(0 if event.key() == Qt.Key.Key_Home else self.slice_count - 1)
+            number = 1 if event.key() == Qt.Key.Key_Home else self.slice_count  # first / last slice number
+            self.set_slice(self._numbering.index(number) if self._numbering is not None else number - 1)
             return True
         return False

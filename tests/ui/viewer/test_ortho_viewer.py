@@ -148,7 +148,10 @@ def test_status_text_has_index_mm_and_hu(viewer, grid, qtbot):
     x_mm, y_mm, z_mm = grid.index_to_mm(target)
     value = int(phantom()[0][target])
     text = status.args[0]
-    assert text.startswith(f"x 30 y 20 z 4 | ({x_mm:.1f}, {y_mm:.1f}, {z_mm:.1f}) mm | {value} HU")
+    assert text.startswith(
+        f"slice 5 / {SHAPE[0]} (S {z_mm:.1f} mm) | x 30 y 20 z 4 | ({x_mm:.1f}, {y_mm:.1f}, {z_mm:.1f}) mm"
+        f" | {value} HU"
+    )
     assert format_value(12.0, "MR") == "12" and format_value(0.123456, "") == "0.12346"
 
 

@@ -121,7 +121,7 @@ def test_wheel_and_slider_move_through_slices(qtbot):
     np.testing.assert_array_equal(widget.image_item.image, ramp_volume()[2])
     widget.set_slice(999)  # clamped
     assert widget.slice_index == SHAPE[0] - 1
-    assert widget.index_label.text() == f"{SHAPE[0]} / {SHAPE[0]}"
+    assert widget.index_label.text().startswith(f"{SHAPE[0]} / {SHAPE[0]} · S ")
 
 
 def test_wheel_goes_superior_on_a_head_first_stack(qtbot):
@@ -129,6 +129,12 @@ def test_wheel_goes_superior_on_a_head_first_stack(qtbot):
     start = widget.slice_index
     wheel(widget, +1)
     assert widget.slice_index == start - 1  # index z grows towards the feet
+    # numbered from the feet up all the same: the last index is slice 1, Home shows it, the label says so
+    qtbot.keyClick(widget.graphics, Qt.Key.Key_Home)
+    assert widget.slice_index == widget.slice_count - 1
+    assert widget.index_label.text().startswith(f"1 / {widget.slice_count} · S ")
+    qtbot.keyClick(widget.graphics, Qt.Key.Key_End)
+    assert widget.slice_index == 0
 
 
 def test_keys_move_through_slices(qtbot):

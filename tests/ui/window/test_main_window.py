@@ -613,7 +613,11 @@ def test_help_lists_every_shortcut_the_menus_use(demo_window):
 def test_status_bar_shows_position_and_device(demo_window):
     window = demo_window
     window.viewer.go_to(10, 100, 120)
-    assert window.status.position.text().startswith("x 120 y 100 z 10 |")
+    numbering = window.session.active_study.volume.slice_numbering()
+    assert window.status.position.text().startswith(
+        f"slice {numbering.number(10)} / {numbering.count} ({numbering.position_text(10)}) "
+        "| x 120 y 100 z 10 |"
+    )
     assert " mm " in window.status.position.text()
     window.status.set_device("CPU")
     assert window.status.device.text() == "Device: CPU only"

@@ -29,27 +29,13 @@ from sd_fsmis.core.io.atomic import atomic_path
 from sd_fsmis.core.io.dicom.headers import one_line
 from sd_fsmis.core.io.dicom.regularize import mask_on_acquired_slices, voxels_between_acquired_slices
 from sd_fsmis.core.io.labelmap import LabelMap
+from sd_fsmis.core.structures import find_structure
 from sd_fsmis.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
 MANUFACTURER = "SD-FSMIS"
 MODEL_NAME = "SD-FSMIS desktop"
-
-#: SNOMED CT codes of the organs our label names use (lower-case name -> code keyword of codes.SCT).
-_ORGAN_CODES = {
-    "liver": "Liver",
-    "spleen": "Spleen",
-    "kidney": "Kidney",
-    "right kidney": "Kidney",
-    "left kidney": "Kidney",
-    "gallbladder": "Gallbladder",
-    "stomach": "Stomach",
-    "pancreas": "Pancreas",
-    "aorta": "Aorta",
-}
-_RIGHT = hd.sr.CodedConcept("24028007", "SCT", "Right")
-_LEFT = hd.sr.CodedConcept("7771000", "SCT", "Left")
 
 
 class DicomSegExportError(UserError):
@@ -125,13 +111,20 @@ def source_datasets(volume: Volume) -> list[pydicom.Dataset]:
     return datasets
 
 
+def uncoded_names(label_map: LabelMap, labels: Sequence[int] | None = None) -> list[str]:
+    """The names of the labels (present ones by default) that have no standard code: they would be
+    exported as "Tissue" (3D Slicer's generic term), so the GUI offers to name them first."""
+    values = label_map.present_labels() if labels is None else labels
+    return [label_map.label_name(v) for v in values if find_structure(label_map.label_name(v)) is None]
+
+
 def _segment_description(
     number: int, name: str, colour: tuple[int, int, int], algorithm: hd.AlgorithmIdentificationSequence | None
 ) -> hd.seg.SegmentDescription:
-    keyword = _ORGAN_CODES.get(name.strip().lower())
-    if keyword is not None:
-        category, prop = codes.SCT.AnatomicalStructure, getattr(codes.SCT, keyword)
-    else:
+    structure = find_structure(name)
+    if structure is not None:  # SNOMED CT: category (CID 7150), type (CID 7151), laterality (CID 244)
+        category, prop = structure.category, structure.type
+    else:  # a name without a standard code: 3D Slicer's generic "Tissue"; the label keeps the name
         category, prop = codes.SCT.Tissue, codes.SCT.Tissue
     description = hd.seg.SegmentDescription(
         segment_number=number,
@@ -148,10 +141,10 @@ def _segment_description(
         tracking_id=name[:64],
         display_color=hd.color.CIELabColor.from_rgb(*(int(c) for c in colour)),
     )
-    side = name.strip().lower().split(" ")[0]
-    if keyword is not None and side in ("right", "left"):
+    modifier = structure.modifier if structure is not None else None
+    if modifier is not None:  # one of a pair: Kidney + Right, as dcmqi and TotalSegmentator code it
         item = description.SegmentedPropertyTypeCodeSequence[0]
-        item.SegmentedPropertyTypeModifierCodeSequence = [_RIGHT if side == "right" else _LEFT]
+        item.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept.from_code(modifier)]
     return description
 
 

@@ -120,3 +120,48 @@ def test_refusals(dicom_study, tmp_path, nibabel_file):
         export_dicom_seg(LabelMap.from_array(array, nifti.geometry), nifti, tmp_path / "x.dcm")
     assert isinstance(info.value, UserError)
     assert not (tmp_path / "x.dcm").exists()
+
+
+#: the SNOMED CT values of DICOM PS3.16 (CID 7151 and its subsets, CID 7150, CID 244), written out here so
+#: that the export is checked against the standard, not against the table it is built from
+EXPECTED_CODES = {
+    "Liver": ("10200004", None, "91723000"),
+    "Left kidney": ("64033007", "7771000", "91723000"),
+    "kidney_right": ("64033007", "24028007", "91723000"),
+    "spleen": ("78961009", None, "91723000"),
+    "pancreas": ("15776009", None, "91723000"),
+    "left ventricle": ("87878005", None, "91723000"),
+    "right ventricle": ("53085002", None, "91723000"),
+    "left atrium": ("82471001", None, "91723000"),
+    "right atrium": ("73829009", None, "91723000"),
+    "myocardium": ("49848007", None, "91723000"),
+    "aorta": ("15825003", None, "91723000"),
+    "right lung": ("39607008", "24028007", "91723000"),
+    "urinary bladder": ("89837001", None, "91723000"),
+    "prostate": ("41216001", None, "91723000"),
+    "brain": ("12738006", None, "91723000"),
+    "tumour": ("108369006", None, "49755003"),
+    "my region": ("85756007", None, "85756007"),  # no standard code: Tissue, as 3D Slicer's default
+}
+
+
+def test_segments_carry_snomed_codes_category_and_laterality(dicom_study, tmp_path):
+    array = np.zeros(dicom_study.shape, np.uint8)
+    names = list(EXPECTED_CODES)
+    for value, _name in enumerate(names, start=1):
+        array[value % N_SLICES, value, 2:6] = value
+    label_map = LabelMap.from_array(array, dicom_study.geometry, dict(enumerate(names, start=1)))
+    out = export_dicom_seg(label_map, dicom_study, tmp_path / "coded.dcm")
+    seg = pydicom.dcmread(out)  # read back plainly, as a PACS would
+    assert len(seg.SegmentSequence) == len(names)
+    for item in seg.SegmentSequence:
+        type_value, side, category = EXPECTED_CODES[item.SegmentLabel]
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (prop.CodingSchemeDesignator, prop.CodeValue) == ("SCT", type_value), item.SegmentLabel
+        assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == category, item.SegmentLabel
+        modifiers = prop.get("SegmentedPropertyTypeModifierCodeSequence") or []
+        assert [m.CodeValue for m in modifiers] == ([side] if side else []), item.SegmentLabel
+    # and highdicom reads the same concepts back
+    described = hd.seg.segread(out).get_segment_description(2)
+    assert described.segmented_property_type.value == "64033007"
+    assert described.segmented_property_category.meaning == "Anatomical Structure"

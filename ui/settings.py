@@ -36,6 +36,8 @@ class AppSettings:
 
     recent_files: list[str] = field(default_factory=list)
     last_folder: str = ""
+    #: where exports (DICOM-SEG) go: chosen once by the person, never a study's DICOM folder by default
+    export_folder: str = ""
     brush_radius: float = 5.0
     #: the paint tool in use ("navigate", "brush", "eraser", "fill")
     tool: str = "brush"

@@ -1,17 +1,23 @@
 """Masks to and from files for the main window: load a label map (or a reference), save it as NIfTI with the
-study's geometry, export DICOM-SEG, save a screenshot. Reading and exporting run in worker threads."""
+study's geometry, export DICOM-SEG, save a screenshot. Reading and exporting run in worker threads.
+
+A label map loaded without names ("Label 1"...) opens the naming dialog (common structures or free text).
+DICOM-SEG goes to the export folder the person chose once (remembered in the settings; never a study's
+DICOM folder by default), and a finished export says where, with a button that opens the folder."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Qt
 
 from sd_fsmis import __version__
 from sd_fsmis.core.errors import GeometryMismatchError, UserError
+from sd_fsmis.core.io.labelmap import Label
 from sd_fsmis.core.session.layers import LabelLayer
 from sd_fsmis.core.session.study import Study
 from sd_fsmis.ui.workers.job_worker import JobWorker
@@ -28,6 +34,12 @@ class MaskFiles(QtCore.QObject):
     def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
         self.window = window
+        #: the open naming dialog of a mask loaded without label names (tests fill it in)
+        self.names_dialog: QtWidgets.QDialog | None = None
+        #: the confirmation of the last DICOM-SEG export (non-modal; tests read it)
+        self.export_box: QtWidgets.QMessageBox | None = None
+        #: opens a folder in the desktop's file manager (tests replace it)
+        self.open_folder = open_folder
 
     def load_dialog(self, reference: bool = False) -> None:
         """File ▸ Load label map… (or Load reference mask… with ``reference``)."""
@@ -90,7 +102,30 @@ class MaskFiles(QtCore.QObject):
         study.add_layer(layer=layer, activate=not reference)
         if reference:
             self.window.session.set_reference(layer)
+        self.ask_label_names(layer)
         return layer
+
+    def ask_label_names(self, layer: LabelLayer) -> QtWidgets.QDialog | None:
+        """Offer to name the labels of ``layer`` still called "Label N" (non-modal; None when all have
+        names). Accepting renames them on the layer."""
+        from sd_fsmis.ui.dialogs.label_names import LabelNamesDialog, unnamed
+
+        values = unnamed(layer.labels, layer.label_map.present_labels())
+        if not values:
+            return None
+        dialog = LabelNamesDialog(layer.labels, values, layer.name, self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def accepted() -> None:
+            for value, name in dialog.names().items():
+                label = layer.labels.get(value) or Label.default(value)
+                if name != label.name:
+                    layer.set_label(replace(label, name=name))
+
+        dialog.accepted.connect(accepted)
+        self.names_dialog = dialog
+        dialog.open()
+        return dialog
 
     def save_dialog(self) -> None:
         layer, study = self.window.active_layer, self.window.active_study
@@ -130,13 +165,62 @@ class MaskFiles(QtCore.QObject):
         layer, study = self.window.active_layer, self.window.active_study
         if layer is None or study is None:
             return
-        folder = self.window.settings.last_folder or str(Path.home())
-        suggested = str(Path(folder) / f"{_file_stem(study.name)}_{_file_stem(layer.name)}_seg.dcm")
+        folder = self.export_folder()
+        if folder is None:
+            return
+        suggested = str(folder / f"{_file_stem(study.name)}_{_file_stem(layer.name)}_seg.dcm")
         path, _ = QtWidgets.QFileDialog.getSaveFileName(
             self.window, "Export DICOM-SEG", suggested, "DICOM (*.dcm)"
         )
         if path:
             self.export_dicom_seg(path)
+
+    def source_folders(self) -> list[Path]:
+        """The folders the open studies were read from (exports never go there by default)."""
+        folders: set[Path] = set()
+        for study in self.window.session.studies:
+            meta = study.volume.metadata
+            for f in meta.files:
+                folders.add(Path(f).resolve().parent)
+            path = Path(study.path)
+            if path.is_dir():
+                folders.add(path.resolve())
+        return sorted(folders)
+
+    def _in_source_folder(self, folder: str | os.PathLike[str]) -> bool:
+        target = Path(folder).resolve()
+        return any(target == f or f in target.parents for f in self.source_folders())
+
+    def export_folder(self) -> Path | None:
+        """The folder exports go to: the one chosen before (settings), else asked once now.
+
+        A study's own DICOM folder is never taken as the default (a SEG there would join the series the
+        next time the folder is opened); None when the person cancels.
+        """
+        settings = self.window.settings
+        remembered = settings.export_folder
+        if remembered and Path(remembered).is_dir() and not self._in_source_folder(remembered):
+            return Path(remembered)
+        chosen = QtWidgets.QFileDialog.getExistingDirectory(
+            self.window, "Choose a folder for DICOM-SEG exports (asked once, remembered)", str(Path.home())
+        )
+        if not chosen:
+            return None
+        if self._in_source_folder(chosen):
+            self.window.show_error(
+                "Export folder",
+                f"{chosen} holds an open study's images: choose a folder of its own for the exports",
+            )
+            return None
+        self.remember_export_folder(chosen)
+        return Path(chosen)
+
+    def remember_export_folder(self, folder: str | os.PathLike[str]) -> None:
+        """Make ``folder`` the default for the next exports (not a study's folder) and save the settings."""
+        if self._in_source_folder(folder) or not Path(folder).is_dir():
+            return
+        self.window.settings.export_folder = str(Path(folder))
+        self.window._store_settings()
 
     def export_dicom_seg(self, path: str | os.PathLike[str]):
         """Export the active mask as DICOM-SEG, in the background (predictions as AUTOMATIC)."""
@@ -144,7 +228,7 @@ class MaskFiles(QtCore.QObject):
         if layer is None or study is None:
             return None
         from sd_fsmis.core.io.destinations import check_destination
-        from sd_fsmis.core.io.dicom.seg import export_dicom_seg, export_notes, export_problem
+        from sd_fsmis.core.io.dicom.seg import export_dicom_seg, export_notes, export_problem, uncoded_names
 
         try:  # before the work: never onto a study's own file, never into a folder that cannot take it
             problem = export_problem(study.volume)
@@ -165,11 +249,19 @@ class MaskFiles(QtCore.QObject):
             out = export_dicom_seg(
                 label_map, volume, path, algorithm=algorithm, series_description=layer.name
             )
-            return out, export_notes(label_map, volume)
+            notes = export_notes(label_map, volume)
+            for name in uncoded_names(label_map):
+                notes.append(
+                    f"“{name}” has no standard code and is exported as Tissue: name the label after a common "
+                    "structure (double-click it in Masks and labels) to code it"
+                )
+            return out, notes, len(label_map.present_labels())
 
         def done(result) -> None:
-            out, notes = result
+            out, notes, segments = result
             self.window.status.showMessage(" ".join([f"Exported DICOM-SEG to {out}.", *notes]), 15_000)
+            self.remember_export_folder(Path(out).parent)
+            self.confirm_export(Path(out), segments, notes)
 
         return self.window.runner.start(
             job,
@@ -177,6 +269,23 @@ class MaskFiles(QtCore.QObject):
             on_done=done,
             on_error=lambda message: self.window.show_error("DICOM-SEG export failed", message),
         )
+
+    def confirm_export(self, out: Path, segments: int, notes: list[str]) -> QtWidgets.QMessageBox:
+        """Say where the export went (non-modal), with a button that opens its folder."""
+        box = QtWidgets.QMessageBox(self.window)
+        box.setIcon(QtWidgets.QMessageBox.Icon.Information)
+        box.setWindowTitle("DICOM-SEG exported")
+        box.setText(f"Exported {segments} segment{'s' if segments != 1 else ''} as DICOM-SEG to:\n{out}")
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        if notes:
+            box.setInformativeText("\n\n".join(notes))
+        open_button = box.addButton("Open folder", QtWidgets.QMessageBox.ButtonRole.ActionRole)
+        open_button.clicked.connect(lambda: self.open_folder(out.parent))
+        box.addButton(QtWidgets.QMessageBox.StandardButton.Ok)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.export_box = box
+        box.open()
+        return box
 
     def screenshot_dialog(self) -> None:
         study = self.window.active_study
@@ -196,6 +305,11 @@ class MaskFiles(QtCore.QObject):
                 self.window.show_error("Cannot save the screenshot", str(exc))
                 return
             self.window.status.showMessage(f"Screenshot saved to {out}", 8000)
+
+
+def open_folder(folder: Path) -> bool:
+    """Show ``folder`` in the desktop's file manager."""
+    return QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(str(folder)))
 
 
 class _GridMismatch:

@@ -25,9 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--support-slices",
         metavar="I,J,K",
-        help="support slice indices (default: the middle slice of those holding the label)",
+        help="support slice indices, 0-based in the file's storage order (default: the middle slice of "
+        "those holding the label)",
     )
-    p.add_argument("--slices", metavar="A:B", help="query slices to segment, A to B inclusive (default: all)")
+    p.add_argument(
+        "--slices",
+        metavar="A:B",
+        help="query slice indices to segment (0-based), A to B inclusive (default: all)",
+    )
     p.add_argument(
         "--model",
         default=None,

@@ -58,7 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument(
         "checkpoint", metavar="CKPT_DIR", help="checkpoint-N/ folder (or the run folder: latest one)"
     )
-    q.add_argument("--sd", required=True, metavar="PATH_OR_HUB_ID", help="Stable Diffusion 1.x (for the VAE)")
+    q.add_argument(
+        "--sd",
+        required=True,
+        metavar="PATH_OR_HUB_ID",
+        help="Stable Diffusion 1.x folder or Hub id: only its VAE is used (a folder with just vae/ will do)",
+    )
     q.add_argument("--dinov2", required=True, metavar="PATH_OR_HUB_ID", help="DINOv2 folder or Hub id")
     _add_output_arguments(q)
     q.add_argument("--description", default="", help="a line shown by 'models info'")
@@ -179,6 +184,8 @@ def run_info(args: argparse.Namespace) -> int:
                 f"image {pre.get('image_interpolation')}, mask {pre.get('mask_interpolation')}",
             ),
             ("VTCT mask", str(vtct.get("mask_alignment"))),
+            ("DINOv2 positions", str(vtct.get("position_embedding_interpolation", "size"))),
+            ("format version", str(info.format_version)),
             ("versions", ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items() if v)),
         ]
     for key, value in info.references.items():

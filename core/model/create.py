@@ -133,12 +133,16 @@ def _read_json(path: Path) -> dict:
         raise ModelError(f"cannot read {path}: {exc}") from None
 
 
-def check_sources(sd_dir: Path, dinov2_dir: Path) -> tuple[dict, dict, dict]:
-    """Check the folders' layout and compatibility; return the U-Net, VAE and DINOv2 configs."""
-    unet_dir, vae_dir = _sd_subfolder(sd_dir, "unet"), _sd_subfolder(sd_dir, "vae")
+def check_sources(sd_dir: Path, dinov2_dir: Path, *, need_unet: bool = True) -> tuple[dict, dict, dict]:
+    """Check the folders' layout and compatibility; return the U-Net, VAE and DINOv2 configs.
+
+    ``need_unet=False`` (importing a reference checkpoint, which brings its own U-Net): the Stable
+    Diffusion folder may hold only ``vae/``; the U-Net config returned is then empty."""
+    unet_dir = _sd_subfolder(sd_dir, "unet") if need_unet else None
+    vae_dir = _sd_subfolder(sd_dir, "vae")
     check_component_folder(vae_dir, "the Stable Diffusion VAE", "diffusers")
     check_component_folder(dinov2_dir, "DINOv2", "transformers")
-    unet_cfg = _read_json(unet_dir / "config.json")
+    unet_cfg = _read_json(unet_dir / "config.json") if unet_dir is not None else {}
     vae_cfg = _read_json(vae_dir / "config.json")
     dino_cfg = _read_json(dinov2_dir / "config.json")
     if dino_cfg.get("model_type") not in (None, "dinov2"):

@@ -45,7 +45,7 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)
     #: step -> mean loss of the fixed held-out episodes (step 0 = before training)
     heldout_losses: dict[int, float] = field(default_factory=dict)
-    #: step -> validation mean Dice (EP1 on the fold's test volumes, or the study protocol on validation_ids)
+    #: step -> validation mean Dice (study protocol on the validation volumes; never the test fold)
     validation: dict[int, float] = field(default_factory=dict)
     #: step -> class name -> validation Dice (NaN where a class could not be scored)
     class_validation: dict[int, dict[str, float]] = field(default_factory=dict)

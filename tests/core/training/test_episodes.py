@@ -207,3 +207,10 @@ def test_episode_minimum_largest_on_chaos(chaos_volumes):
         ep = largest.sample()
         counts = np.concatenate([ep.support_masks, ep.query_masks]).reshape(2, -1).sum(axis=1)
         assert counts.min() > 0 and counts.max() >= 200
+
+
+def test_the_training_config_knows_the_same_rules():
+    from sd_fsmis.core.training import config, episodes
+
+    assert config.EXCLUSION_RULES == episodes.EXCLUSION_RULES
+    assert config.EPISODE_MINIMUMS == episodes.EPISODE_MINIMUMS

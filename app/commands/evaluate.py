@@ -133,9 +133,7 @@ def _model_to_evaluate(args: argparse.Namespace) -> tuple[str, str, list[str]]:
 
     if not is_run_folder(args.model):
         if args.run_model:
-            raise EvaluationError(
-                f"--run-model goes with a training run folder; {args.model} is not one"
-            )
+            raise EvaluationError(f"--run-model goes with a training run folder; {args.model} is not one")
         return args.model, args.model, []
     chosen = run_model(args.model, args.run_model or "last")
     print(f"sd-fsmis: evaluating the {chosen.which} model of the run: {chosen.folder}", file=sys.stderr)

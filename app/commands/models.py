@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_output_arguments(q)
     q.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
     q.add_argument("--description", default="", help="a line shown by 'models info'")
+    q.add_argument(
+        "--preprocessing",
+        choices=["ours", "reference"],
+        default="ours",
+        help="ours (default) or the reference implementation's exact recipe (nearest resizing, its VTCT "
+        "mask offset, 8-bit DINOv2 input, transformers 4.36.2's position embeddings), to train as it did",
+    )
     q.set_defaults(run=run_create)
 
     q = sub.add_parser(
@@ -205,7 +212,12 @@ def run_create(args: argparse.Namespace) -> int:
         from sd_fsmis.core.model.create import create_preset_model
 
         path = create_preset_model(
-            args.preset, out=args.out, name=args.name, seed=args.seed, description=args.description
+            args.preset,
+            out=args.out,
+            name=args.name,
+            seed=args.seed,
+            description=args.description,
+            preprocessing=args.preprocessing,
         )
     else:
         if not args.sd or not args.dinov2:
@@ -220,6 +232,7 @@ def run_create(args: argparse.Namespace) -> int:
             copy_weights=args.copy_weights,
             seed=args.seed,
             description=args.description,
+            preprocessing=args.preprocessing,
         )
     print(f"created model {path.name} in {path}")
     return 0

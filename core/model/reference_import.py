@@ -29,9 +29,7 @@ from sd_fsmis.core.errors import ModelError
 from sd_fsmis.core.model.config import (
     ArchitectureConfig,
     ModelConfig,
-    PreprocessingConfig,
     TrainingProvenance,
-    VTCTConfig,
 )
 from sd_fsmis.core.model.create import (
     DINOV2_ALLOW_PATTERNS,
@@ -39,6 +37,7 @@ from sd_fsmis.core.model.create import (
     SD15_HUB_ID,
     _output_folder,
     check_sources,
+    preprocessing_recipe,
     resolve_source,
 )
 from sd_fsmis.core.model.download import SD_VAE_ALLOW_PATTERNS
@@ -245,6 +244,7 @@ def import_reference_checkpoint(
             f"{dino_cfg.get('hidden_size')}"
         )
     match = _CHECKPOINT_RE.match(ckpt.name)
+    preprocessing, vtct = preprocessing_recipe("reference")
     config = ModelConfig(
         name=model_name,
         description=description or f"imported reference checkpoint {ckpt.name}",
@@ -255,10 +255,8 @@ def import_reference_checkpoint(
             image_encoder_dim=mapper.config.in_dim,
             mapper_hidden_dim=mapper.config.hidden_dim,
         ),
-        preprocessing=PreprocessingConfig(image_interpolation="nearest", mask_interpolation="nearest"),
-        vtct=VTCTConfig(
-            mask_alignment="reference", quantize_8bit=True, position_embedding_interpolation="reference"
-        ),
+        preprocessing=preprocessing,
+        vtct=vtct,
         training=TrainingProvenance(
             kind="reference-import",
             sources={"checkpoint": str(ckpt), "stable_diffusion": str(sd), "dinov2": str(dinov2)},

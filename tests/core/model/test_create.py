@@ -174,6 +174,17 @@ def test_reference_import(hub_like_sources, tmp_path, phantom):
     assert np.isfinite(pipe.segment_slices([volume[2]], [mask], volume[:2])).all()
 
 
+def test_base_model_with_the_reference_recipe(hub_like_sources, tmp_path):
+    sd_dir, dinov2_dir, _ = hub_like_sources
+    folder = create_base_model(sd_dir, dinov2_dir, out=tmp_path / "base", preprocessing="reference")
+    config = ModelConfig.load(folder)
+    assert config.preprocessing.image_interpolation == "nearest" and config.vtct.quantize_8bit
+    assert config.vtct.mask_alignment == config.vtct.position_embedding_interpolation == "reference"
+    with pytest.raises(ModelError, match="unknown preprocessing 'paper'"):
+        create_base_model(sd_dir, dinov2_dir, out=tmp_path / "other", preprocessing="paper")
+    assert not (tmp_path / "other").exists()
+
+
 def test_reference_import_needs_only_the_vae_of_stable_diffusion(hub_like_sources, tmp_path):
     import shutil
 

@@ -26,8 +26,8 @@
   (:func:`sd_fsmis.core.evaluation.protocols.evaluate`, "study" protocol: supports from each volume itself)
   of the training classes (or ``classes``); the best (by that Dice) and last models are saved in the
   model-folder format with the training provenance. Without validation volumes nothing is validated and
-  only the last model is saved: choosing the best by Dice on the test fold (the reference's
-  ``best`` was) would inflate every number later reported on that fold;
+  only the last model is saved (as the reference reports its last checkpoint): choosing the best by Dice
+  on the test fold, as this trainer once did, would inflate every number later reported on that fold;
 - a finished run writes ``out/finished.json`` (steps, seconds, models, best Dice, class Dice before and
   after), so that an interrupted run (checkpoints, no ``finished.json``) can be told from a finished one.
 

@@ -94,7 +94,7 @@ class VTCTConfig:
     #: does (it converts to a uint8 PIL image to resize, even at the same size); off for new models
     quantize_8bit: bool = False
     #: resizing of DINOv2's position embeddings to the patch grid (37 x 37 -> 16 x 16 for DINOv2-base at
-    #: 224 px), bicubic: "size" gives the output size (transformers >= 4.42; new models), "reference" the
+    #: 224 px), bicubic: "size" gives the output size (later transformers; new models), "reference" the
     #: scale factor (grid + 0.1) / 37 of transformers 4.36.2, which the reference's checkpoints and
     #: published numbers come from (format version 2)
     position_embedding_interpolation: str = "size"

@@ -11,10 +11,10 @@ centre crop, so mask and patch grid are offset. ``"crop"`` (new models) crops th
 image; ``"reference"`` reproduces the offset for imported reference checkpoints.
 
 Position embeddings: DINOv2-base is built for 518 px (a 37 x 37 grid) and sees 224 px (16 x 16), so its
-position embeddings are resized bicubically. transformers 4.36.2, which the reference pins, passes the scale
-factor ``(16 + 0.1) / 37``; transformers >= 4.42 passes the output size (16, 16); the two differ by up to
-3.5e-2 in the VTCT token. :func:`interpolated_position_embeddings` computes either in our code (the model's
-``vtct.position_embedding_interpolation``, whatever transformers is installed), and
+position embeddings are resized bicubically. transformers 4.36.2, which the reference pins, passes the
+scale factor ``(16 + 0.1) / 37``; later transformers (5.x here) pass the output size (16, 16); the two
+differ by up to 3.5e-2 in the VTCT token. :func:`interpolated_position_embeddings` computes either in our
+code (the model's ``vtct.position_embedding_interpolation``, whatever transformers is installed), and
 :func:`use_position_embedding_interpolation` makes the model's DINOv2 use it.
 """
 
@@ -203,7 +203,7 @@ def interpolated_position_embeddings(
 
     Unchanged when the grid already fits (``gh * gw == N`` and a square input), as in transformers. Else the
     grid is resized bicubically (``align_corners=False``) in float32: ``"size"`` to the output size
-    ``(gh, gw)`` (transformers >= 4.42), ``"reference"`` by the scale factor ``((gh + 0.1) / s,
+    ``(gh, gw)`` (later transformers, 5.x here), ``"reference"`` by the scale factor ``((gh + 0.1) / s,
     (gw + 0.1) / s)`` (transformers 4.36.2, which computes in the embeddings' dtype: the same in fp32).
     """
     num_positions = position_embeddings.shape[1] - 1

@@ -135,7 +135,7 @@ def _by_hand_tokens(model, pixel_values: torch.Tensor, mode: str) -> tuple[torch
 
     pos = model.embeddings.position_embeddings.detach()  # [1, 1 + 37 * 37, C]
     grid = pos[:, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
-    if mode == "size":  # transformers >= 4.42
+    if mode == "size":  # later transformers (5.x, installed here)
         resized = F.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False)
     else:  # transformers 4.36.2: height // 14 + 0.1 over sqrt(37 * 37)
         scale = (16 + 0.1) / 37

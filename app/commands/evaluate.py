@@ -1,5 +1,8 @@
 """``sd-fsmis evaluate``: the few-shot evaluation protocol (docs/fsmis-protocol.md) on a data folder.
 
+``--model`` may be a training run folder: its last model is evaluated (``--run-model best``: its ``best/``,
+chosen on the run's validation volumes), and the report's model name says which, with the step.
+
 Prints the papers' table (Dice % per class and their mean, seconds per volume), the per-fold and per-query
 Dice, and HD95 / ASSD in mm; ``--json`` prints the whole report as JSON instead; ``--out`` writes it to a
 file; ``--save-predictions DIR`` writes every prediction as ``DIR/fold<k>/pred_<id>_label<L>.nii.gz``
@@ -28,7 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         metavar="NAME|DIR",
-        help="model name in the store, a model folder, or a built-in engine ('propagation', 'classical')",
+        help="model name in the store, a model folder, a training run folder (its last model unless "
+        "--run-model best), or a built-in engine ('propagation', 'classical')",
+    )
+    p.add_argument(
+        "--run-model",
+        choices=["last", "best"],
+        help="with a training run folder as --model: its last model (default) or best/ (chosen on the run's "
+        "validation volumes); the report names the one used",
     )
     p.add_argument(
         "--data",
@@ -114,6 +124,22 @@ def _parse_ids(text: str) -> list[int]:
     return values
 
 
+def _model_to_evaluate(args: argparse.Namespace) -> tuple[str, str, list[str]]:
+    """``(what to load, its name in the report, warnings)``; a run folder gives its last (or best) model."""
+    import sys
+
+    from sd_fsmis.core.evaluation.folds import EvaluationError
+    from sd_fsmis.core.training.run_folder import is_run_folder, run_model
+
+    if not is_run_folder(args.model):
+        if args.run_model:
+            raise EvaluationError(f"--run-model goes with a training run folder; {args.model} is not one")
+        return args.model, args.model, []
+    chosen = run_model(args.model, args.run_model or "last")
+    print(f"sd-fsmis: evaluating the {chosen.which} model of the run: {chosen.folder}", file=sys.stderr)
+    return str(chosen.folder), chosen.label, [chosen.caution] if chosen.caution else []
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -144,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = FewShotDataset.open(args.data)
     if args.out:  # before the work: a report that cannot be written is known now, not in an hour
         check_destination(args.out, dataset.inputs(), option="--out")
-    engine = load_engine(args.model, device=args.device, batch_size=args.batch_size)
+    model, model_name, cautions = _model_to_evaluate(args)
+    engine = load_engine(model, device=args.device, batch_size=args.batch_size)
     if args.threads is not None and hasattr(engine, "workers"):
         engine.workers = args.threads  # the built-in engines' thread pool
     with progress_bar(f"evaluate {args.protocol.upper()} ({engine.name})") as progress:
@@ -156,12 +183,13 @@ def run(args: argparse.Namespace) -> int:
             ids=ids,
             labels=labels,
             shots=args.shots,
-            model_name=args.model,
+            model_name=model_name,
             surface=not args.no_distances,
             pooled=args.pooled,
             save_predictions=args.save_predictions,
             progress=progress,
         )
+    report.notes[:0] = cautions
     for note in report.notes:  # what the table shows as "—", and why
         print(f"sd-fsmis: warning: {note}", file=sys.stderr)
     if args.out:

@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_output_arguments(q)
     q.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
     q.add_argument("--description", default="", help="a line shown by 'models info'")
+    q.add_argument(
+        "--preprocessing",
+        choices=["ours", "reference"],
+        default="ours",
+        help="ours (default) or the reference implementation's exact recipe (nearest resizing, its VTCT "
+        "mask offset, 8-bit DINOv2 input, transformers 4.36.2's position embeddings), to train as it did",
+    )
     q.set_defaults(run=run_create)
 
     q = sub.add_parser(
@@ -58,7 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument(
         "checkpoint", metavar="CKPT_DIR", help="checkpoint-N/ folder (or the run folder: latest one)"
     )
-    q.add_argument("--sd", required=True, metavar="PATH_OR_HUB_ID", help="Stable Diffusion 1.x (for the VAE)")
+    q.add_argument(
+        "--sd",
+        required=True,
+        metavar="PATH_OR_HUB_ID",
+        help="Stable Diffusion 1.x folder or Hub id: only its VAE is used (a folder with just vae/ will do)",
+    )
     q.add_argument("--dinov2", required=True, metavar="PATH_OR_HUB_ID", help="DINOv2 folder or Hub id")
     _add_output_arguments(q)
     q.add_argument("--description", default="", help="a line shown by 'models info'")
@@ -179,6 +191,8 @@ def run_info(args: argparse.Namespace) -> int:
                 f"image {pre.get('image_interpolation')}, mask {pre.get('mask_interpolation')}",
             ),
             ("VTCT mask", str(vtct.get("mask_alignment"))),
+            ("DINOv2 positions", str(vtct.get("position_embedding_interpolation", "size"))),
+            ("format version", str(info.format_version)),
             ("versions", ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items() if v)),
         ]
     for key, value in info.references.items():
@@ -198,7 +212,12 @@ def run_create(args: argparse.Namespace) -> int:
         from sd_fsmis.core.model.create import create_preset_model
 
         path = create_preset_model(
-            args.preset, out=args.out, name=args.name, seed=args.seed, description=args.description
+            args.preset,
+            out=args.out,
+            name=args.name,
+            seed=args.seed,
+            description=args.description,
+            preprocessing=args.preprocessing,
         )
     else:
         if not args.sd or not args.dinov2:
@@ -213,6 +232,7 @@ def run_create(args: argparse.Namespace) -> int:
             copy_weights=args.copy_weights,
             seed=args.seed,
             description=args.description,
+            preprocessing=args.preprocessing,
         )
     print(f"created model {path.name} in {path}")
     return 0

@@ -1,8 +1,12 @@
 """``sd-fsmis train``: episodic fine-tuning of an SD-FSMIS model on a CHAOS-like data folder or a manifest.
 
-``--validation-ids`` replaces the fold split by explicit held-out volumes (validated with the "study"
-protocol: the supports are slices of each held-out volume itself); ``--classes`` restricts training to
-some label values; ``--validate-before`` also measures the validation Dice at step 0.
+``--validation-volumes N`` holds N of the training volumes out for model selection (OUT/best, chosen by
+their Dice with the "study" protocol on the training classes; never on the test fold); without it there
+is no validation and no OUT/best, only the last model. ``--validation-ids`` replaces the fold split by
+explicit held-out volumes (validated the same way); ``--classes`` restricts training to some label values;
+``--validate-before`` also measures the validation Dice at step 0. ``--exclusion``, ``--episode-minimum``
+and ``--augmentation`` choose between our defaults and the reference's training (README, "Reproducing the
+paper").
 
 Settings come from ``--config FILE.json`` (a :class:`~sd_fsmis.core.training.config.TrainingConfig` as JSON)
 and/or flags; a flag overrides the file. Defaults are the reference's hyper-parameters (15,000 steps,
@@ -24,6 +28,9 @@ _OVERRIDES = {
     "device": "device",
     "setting": "setting",
     "exclusion": "exclusion",
+    "episode_minimum": "episode_minimum",
+    "augmentation": "augmentation",
+    "validation_volumes": "validation_volumes",
     "source": "source",
     "shots": "shots",
     "lr_unet": "lr_unet",
@@ -46,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune an SD-FSMIS model (from 'sd-fsmis models create') with episodic training "
         "on a folder laid out like CHAOS T2. The test fold's volumes are never trained on; the test "
         "classes are never targets (Setting 1) or every slice holding one is removed (Setting 2). "
-        "Writes OUT/checkpoints/checkpoint-<step>, OUT/model (last) and OUT/best (best validation Dice).",
+        "Writes OUT/checkpoints/checkpoint-<step>, OUT/model (last) and, with --validation-volumes, "
+        "OUT/best (best Dice on those held-out training volumes).",
     )
     p.add_argument("--config", metavar="FILE.json", help="training config as JSON (flags override it)")
     p.add_argument("--model", metavar="NAME|DIR", help="model to start from (store name or folder)")
@@ -62,7 +70,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     p.add_argument("--setting", type=int, choices=[1, 2], help="1 (default) or 2 (test organs unseen)")
     p.add_argument(
-        "--exclusion", choices=["any", "all"], help="Setting 2: remove slices holding any (default) / all"
+        "--exclusion",
+        choices=["any", "all", "reference"],
+        help="Setting 2: remove training slices holding any (default) / all of the test classes, or "
+        "(reference) those holding liver, both kidneys and spleen, as the reference's code does",
+    )
+    p.add_argument(
+        "--episode-minimum",
+        choices=["every", "largest"],
+        help="every (default) slice of an episode needs 200 pixels of the class, or only the largest "
+        "(the reference)",
+    )
+    p.add_argument(
+        "--augmentation",
+        choices=["ours", "reference"],
+        help="augmentation preset: ours (default) or the reference's (shared geometry over shots, gamma "
+        "side drawn apart, grey border, reflecting elastic edges)",
+    )
+    p.add_argument(
+        "--validation-volumes",
+        type=int,
+        metavar="N",
+        help="hold N training volumes out to choose the best model (OUT/best); default 0: no validation, "
+        "the last model",
     )
     p.add_argument("--test-classes", metavar="L1,L2", help="held-out classes (default 2,3: kidneys; or 1,4)")
     p.add_argument(
@@ -197,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if config.validation_ids is not None:
         where = "study protocol, volumes " + ",".join(str(i) for i in config.validation_ids)
     else:
-        where = f"EP1, fold {config.fold}"
+        where = f"study protocol, {config.validation_volumes} held-out training volumes"
     for step, dice in result.validation.items():
         per_class = ", ".join(
             f"{name} {100 * d:.2f}" for name, d in result.class_validation.get(step, {}).items()

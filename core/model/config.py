@@ -23,14 +23,20 @@ from sd_fsmis.core.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-#: Version of the model folder layout; a folder of another version is refused with a ModelError.
-FORMAT_VERSION = 1
+#: The newest model folder layout this version reads. A model is written with the lowest version that can
+#: hold it: 1, or 2 when it needs the reference's DINOv2 position-embedding interpolation (which readers of
+#: version 1 would silently replace by theirs); a folder of a version outside 1..FORMAT_VERSION is refused.
+FORMAT_VERSION = 2
+#: the layout of models that use nothing newer
+BASE_FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 #: ``_kind`` written into config.json so that a stray diffusers/transformers config is not mistaken for ours.
 CONFIG_KIND = "sd-fsmis-model"
 
 IMAGE_INTERPOLATIONS = ("bilinear", "nearest")
 MASK_ALIGNMENTS = ("crop", "reference")
+#: how DINOv2's 518-px position embeddings are resized to the patch grid of a smaller image
+POSITION_EMBEDDING_INTERPOLATIONS = ("size", "reference")
 
 
 @dataclass
@@ -87,6 +93,11 @@ class VTCTConfig:
     #: truncate the [0, 1] image to 8 bits before DINOv2, as the reference's transformers image processor
     #: does (it converts to a uint8 PIL image to resize, even at the same size); off for new models
     quantize_8bit: bool = False
+    #: resizing of DINOv2's position embeddings to the patch grid (37 x 37 -> 16 x 16 for DINOv2-base at
+    #: 224 px), bicubic: "size" gives the output size (later transformers; new models), "reference" the
+    #: scale factor (grid + 0.1) / 37 of transformers 4.36.2, which the reference's checkpoints and
+    #: published numbers come from (format version 2)
+    position_embedding_interpolation: str = "size"
 
 
 @dataclass
@@ -171,7 +182,8 @@ class ComponentLocations:
 class ModelConfig:
     """Everything ``config.json`` of a model folder holds."""
 
-    format_version: int = FORMAT_VERSION
+    #: as read (a written config.json holds :meth:`required_format_version`)
+    format_version: int = BASE_FORMAT_VERSION
     name: str = ""
     description: str = ""
     #: ISO 8601 UTC time of creation
@@ -190,12 +202,20 @@ class ModelConfig:
     versions: LibraryVersions = field(default_factory=LibraryVersions)
 
     # -- validation ------------------------------------------------------------------------------------
+    def required_format_version(self) -> int:
+        """The lowest folder layout that holds this config: 2 with the reference's position embeddings."""
+        if self.vtct.position_embedding_interpolation == "reference":
+            return 2
+        return BASE_FORMAT_VERSION
+
     def validate(self) -> ModelConfig:
         """Raise :class:`ModelError` for values the code cannot honour; return self."""
-        if self.format_version != FORMAT_VERSION:
+        if not isinstance(self.format_version, int) or not (
+            BASE_FORMAT_VERSION <= self.format_version <= FORMAT_VERSION
+        ):
             raise ModelError(
                 f"model format version {self.format_version} is not supported (this version of sd-fsmis "
-                f"reads version {FORMAT_VERSION})"
+                f"reads versions {BASE_FORMAT_VERSION} to {FORMAT_VERSION})"
             )
         pre = self.preprocessing
         for what, value in (("image", pre.image_interpolation), ("mask", pre.mask_interpolation)):
@@ -207,11 +227,20 @@ class ModelConfig:
             )
         if self.vtct.mask_alignment not in MASK_ALIGNMENTS:
             raise ModelError(f"unknown VTCT mask alignment '{self.vtct.mask_alignment}' in the model config")
+        interpolation = self.vtct.position_embedding_interpolation
+        if interpolation not in POSITION_EMBEDDING_INTERPOLATIONS:
+            raise ModelError(
+                f"unknown DINOv2 position-embedding interpolation '{interpolation}' in the model config "
+                f"(known: {', '.join(POSITION_EMBEDDING_INTERPOLATIONS)})"
+            )
         return self
 
     # -- JSON ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"_kind": CONFIG_KIND, **dataclasses.asdict(self)}
+        """The JSON object of ``config.json``; ``format_version`` is the lowest layout that holds it."""
+        data = dataclasses.asdict(self)
+        data["format_version"] = self.required_format_version()
+        return {"_kind": CONFIG_KIND, **data}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"

@@ -12,6 +12,7 @@ missing folder that looks like a path is an error, never a download.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -133,12 +134,16 @@ def _read_json(path: Path) -> dict:
         raise ModelError(f"cannot read {path}: {exc}") from None
 
 
-def check_sources(sd_dir: Path, dinov2_dir: Path) -> tuple[dict, dict, dict]:
-    """Check the folders' layout and compatibility; return the U-Net, VAE and DINOv2 configs."""
-    unet_dir, vae_dir = _sd_subfolder(sd_dir, "unet"), _sd_subfolder(sd_dir, "vae")
+def check_sources(sd_dir: Path, dinov2_dir: Path, *, need_unet: bool = True) -> tuple[dict, dict, dict]:
+    """Check the folders' layout and compatibility; return the U-Net, VAE and DINOv2 configs.
+
+    ``need_unet=False`` (importing a reference checkpoint, which brings its own U-Net): the Stable
+    Diffusion folder may hold only ``vae/``; the U-Net config returned is then empty."""
+    unet_dir = _sd_subfolder(sd_dir, "unet") if need_unet else None
+    vae_dir = _sd_subfolder(sd_dir, "vae")
     check_component_folder(vae_dir, "the Stable Diffusion VAE", "diffusers")
     check_component_folder(dinov2_dir, "DINOv2", "transformers")
-    unet_cfg = _read_json(unet_dir / "config.json")
+    unet_cfg = _read_json(unet_dir / "config.json") if unet_dir is not None else {}
     vae_cfg = _read_json(vae_dir / "config.json")
     dino_cfg = _read_json(dinov2_dir / "config.json")
     if dino_cfg.get("model_type") not in (None, "dinov2"):
@@ -183,6 +188,32 @@ def _seeded_mapper(in_dim: int, hidden_dim: int, out_dim: int, seed: int):
         return VTCTMapper(in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim)
 
 
+# -- preprocessing ------------------------------------------------------------------------------------------
+#: ``models create --preprocessing``: ours (new models) or the reference implementation's exact recipe
+PREPROCESSINGS = ("ours", "reference")
+
+
+def preprocessing_recipe(name: str = "ours", image_size: int = 256) -> tuple[PreprocessingConfig, VTCTConfig]:
+    """The model config's preprocessing and VTCT settings of a recipe.
+
+    "ours": antialiased bilinear resizing, the VTCT mask cropped like the image, full-precision DINOv2
+    input, transformers' current position embeddings ("size"). "reference" (the reference's training and its
+    checkpoints): nearest-neighbour resizing, the mask resized from the uncropped image, the 8-bit DINOv2
+    input of its image processor, transformers 4.36.2's position embeddings (format version 2)."""
+    if name == "ours":
+        return PreprocessingConfig(image_size=image_size), VTCTConfig(mask_alignment="crop")
+    if name == "reference":
+        return (
+            PreprocessingConfig(
+                image_size=image_size, image_interpolation="nearest", mask_interpolation="nearest"
+            ),
+            VTCTConfig(
+                mask_alignment="reference", quantize_8bit=True, position_embedding_interpolation="reference"
+            ),
+        )
+    raise ModelError(f"unknown preprocessing '{name}' (choose {' or '.join(PREPROCESSINGS)})")
+
+
 # -- base model ---------------------------------------------------------------------------------------------
 def create_base_model(
     sd: str | os.PathLike[str] = SD15_HUB_ID,
@@ -195,10 +226,13 @@ def create_base_model(
     description: str = "",
     mapper_hidden_dim: int = 1536,
     image_size: int = 256,
+    preprocessing: str = "ours",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Path:
     """Write a base (untrained) model from SD 1.x and DINOv2 folders or Hub ids; return its folder.
+
+    ``preprocessing``: "ours" or "reference" (:func:`preprocessing_recipe`), recorded in its config.
 
     Hub ids are downloaded first (``progress`` in bytes, ``cancel`` checked while downloading and before the
     model is written)."""
@@ -207,6 +241,7 @@ def create_base_model(
     target, model_name = _output_folder(out, name)
     if target.is_dir() and any(target.iterdir()):
         raise ModelError(f"cannot write the model to {target}: the folder exists and is not empty")
+    pre, vtct = preprocessing_recipe(preprocessing, image_size)  # an unknown name fails before a download
     sd_dir, dinov2_dir = resolve_sources(sd, dinov2, progress=progress, cancel=cancel)
     if cancel is not None:
         cancel.raise_if_cancelled()
@@ -233,8 +268,8 @@ def create_base_model(
             image_encoder_dim=dino_dim,
             mapper_hidden_dim=mapper_hidden_dim,
         ),
-        preprocessing=PreprocessingConfig(image_size=image_size),
-        vtct=VTCTConfig(mask_alignment="crop"),
+        preprocessing=pre,
+        vtct=vtct,
         training=TrainingProvenance(
             kind="base",
             sources={"stable_diffusion": str(sd), "dinov2": str(dinov2)},
@@ -268,8 +303,10 @@ def create_preset_model(
     name: str | None = None,
     seed: int = 0,
     description: str = "",
+    preprocessing: str = "ours",
 ) -> Path:
-    """Write a model of a built-in architecture with seeded random weights (``tiny``: seconds on a CPU)."""
+    """Write a model of a built-in architecture with seeded random weights (``tiny``: seconds on a CPU);
+    ``preprocessing`` as for :func:`create_base_model`."""
     from sd_fsmis.core.model.folder import save_pipeline
     from sd_fsmis.core.model.presets import PRESETS, build_random_pipeline
 
@@ -279,5 +316,11 @@ def create_preset_model(
     if target.is_dir() and any(target.iterdir()):
         raise ModelError(f"cannot write the model to {target}: the folder exists and is not empty")
     pipeline = build_random_pipeline(preset, seed=seed)
-    pipeline.config.description = description or f"random {preset} model (for tests and demos; not trained)"
-    return save_pipeline(pipeline, target, name=model_name, copy_weights=True)
+    pre, vtct = preprocessing_recipe(preprocessing, pipeline.config.preprocessing.image_size)
+    config = dataclasses.replace(
+        pipeline.config,
+        description=description or f"random {preset} model (for tests and demos; not trained)",
+        preprocessing=pre,
+        vtct=vtct,
+    )
+    return save_pipeline(pipeline, target, name=model_name, copy_weights=True, config=config)

@@ -45,6 +45,8 @@ SD_ALLOW_PATTERNS = [
         "diffusion_pytorch_model-*-of-*.safetensors",
     )
 ]
+#: only the VAE of a Stable Diffusion repo (importing a reference checkpoint: its U-Net replaces SD's)
+SD_VAE_ALLOW_PATTERNS = [p for p in SD_ALLOW_PATTERNS if p.startswith("vae/")]
 DINOV2_ALLOW_PATTERNS = [
     "config.json",
     "preprocessor_config.json",

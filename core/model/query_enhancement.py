@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from sd_fsmis.core.model.config import QueryEnhancementConfig
 
-#: added to the mask area in masked average pooling (as in the reference)
-POOLING_EPS = 1e-5
+#: added to the mask area in masked average pooling (1e-6 as in the reference, for the QE prototypes and the
+#: VTCT pooling alike)
+POOLING_EPS = 1e-6
 
 
 def masked_average_pooling(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,11 @@ The reference saves ``checkpoint-N/unet/`` (a diffusers-style U-Net folder: ``in
 / ``conv_in_ref.bias``) and ``checkpoint-N/image_projector/`` (the VTCT MLP as ``mlp.0 ... mlp.9``).
 The U-Net weights without ``conv_in_ref.*`` are exactly a stock ``UNet2DConditionModel`` with 8 input
 channels; ``conv_in_ref.*`` go to our ``SupportInputConv``; the MLP loads into ``VTCTMapper`` as it is.
-The VAE and DINOv2 come from their original folders (or Hub ids). The imported model reproduces the
-reference's preprocessing (nearest-neighbour resizing) and its VTCT mask offset (``mask_alignment
-= "reference"``).
+The VAE and DINOv2 come from their original folders (or Hub ids; a Stable Diffusion folder holding only
+``vae/`` is enough, and from the Hub only the VAE is downloaded). The imported model reproduces the
+reference's preprocessing (nearest-neighbour resizing), its VTCT mask offset (``mask_alignment =
+"reference"``), its 8-bit DINOv2 input and the position-embedding interpolation of the transformers
+version it was trained with (4.36.2: ``position_embedding_interpolation = "reference"``, format version 2).
 
 Weights are read with safetensors only; a checkpoint saved as ``.bin`` is refused with a message.
 """
@@ -27,19 +29,18 @@ from sd_fsmis.core.errors import ModelError
 from sd_fsmis.core.model.config import (
     ArchitectureConfig,
     ModelConfig,
-    PreprocessingConfig,
     TrainingProvenance,
-    VTCTConfig,
 )
 from sd_fsmis.core.model.create import (
     DINOV2_ALLOW_PATTERNS,
     DINOV2_HUB_ID,
     SD15_HUB_ID,
-    SD_ALLOW_PATTERNS,
     _output_folder,
     check_sources,
+    preprocessing_recipe,
     resolve_source,
 )
+from sd_fsmis.core.model.download import SD_VAE_ALLOW_PATTERNS
 from sd_fsmis.core.model.folder import PICKLE_SUFFIXES, write_model_folder
 from sd_fsmis.core.model.vtct import DinoPreprocessing
 
@@ -230,9 +231,9 @@ def import_reference_checkpoint(
         raise ModelError(f"cannot write the model to {target}: the folder exists and is not empty")
     unet, conv_in_ref = load_reference_unet(ckpt / "unet")
     mapper = load_reference_mapper(ckpt / "image_projector")
-    sd_dir = resolve_source(sd, "Stable Diffusion", SD_ALLOW_PATTERNS)
+    sd_dir = resolve_source(sd, "Stable Diffusion", SD_VAE_ALLOW_PATTERNS)
     dinov2_dir = resolve_source(dinov2, "DINOv2", DINOV2_ALLOW_PATTERNS)
-    _unet_cfg, vae_cfg, dino_cfg = check_sources(sd_dir, dinov2_dir)
+    _unet_cfg, vae_cfg, dino_cfg = check_sources(sd_dir, dinov2_dir, need_unet=False)
     if mapper.config.out_dim != unet.config.cross_attention_dim:
         raise ModelError(
             "the reference image_projector's output width differs from the unet's cross-attention"
@@ -243,6 +244,7 @@ def import_reference_checkpoint(
             f"{dino_cfg.get('hidden_size')}"
         )
     match = _CHECKPOINT_RE.match(ckpt.name)
+    preprocessing, vtct = preprocessing_recipe("reference")
     config = ModelConfig(
         name=model_name,
         description=description or f"imported reference checkpoint {ckpt.name}",
@@ -253,8 +255,8 @@ def import_reference_checkpoint(
             image_encoder_dim=mapper.config.in_dim,
             mapper_hidden_dim=mapper.config.hidden_dim,
         ),
-        preprocessing=PreprocessingConfig(image_interpolation="nearest", mask_interpolation="nearest"),
-        vtct=VTCTConfig(mask_alignment="reference", quantize_8bit=True),
+        preprocessing=preprocessing,
+        vtct=vtct,
         training=TrainingProvenance(
             kind="reference-import",
             sources={"checkpoint": str(ckpt), "stable_diffusion": str(sd), "dinov2": str(dinov2)},

@@ -9,12 +9,20 @@ centre crop, ImageNet mean/std) and DINOv2; the CLS token is dropped, leaving pa
 Mask alignment: the reference resizes the mask from the uncropped image while the features come from the
 centre crop, so mask and patch grid are offset. ``"crop"`` (new models) crops the mask exactly like the
 image; ``"reference"`` reproduces the offset for imported reference checkpoints.
+
+Position embeddings: DINOv2-base is built for 518 px (a 37 x 37 grid) and sees 224 px (16 x 16), so its
+position embeddings are resized bicubically. transformers 4.36.2, which the reference pins, passes the
+scale factor ``(16 + 0.1) / 37``; later transformers (5.x here) pass the output size (16, 16); the two
+differ by up to 3.5e-2 in the VTCT token. :func:`interpolated_position_embeddings` computes either in our
+code (the model's ``vtct.position_embedding_interpolation``, whatever transformers is installed), and
+:func:`use_position_embedding_interpolation` makes the model's DINOv2 use it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +195,69 @@ def mask_on_patch_grid(
     return (m > config.mask_threshold).to(masks01.dtype if masks01.is_floating_point() else torch.float32)
 
 
+def interpolated_position_embeddings(
+    position_embeddings: torch.Tensor, height: int, width: int, patch_size: int, mode: str = "size"
+) -> torch.Tensor:
+    """DINOv2's position embeddings ``[1, 1 + N, C]`` (CLS first, an N = s x s grid) for an input of
+    ``height x width`` pixels -> ``[1, 1 + gh * gw, C]``, ``gh = height // patch_size`` (as ``gw``).
+
+    Unchanged when the grid already fits (``gh * gw == N`` and a square input), as in transformers. Else the
+    grid is resized bicubically (``align_corners=False``) in float32: ``"size"`` to the output size
+    ``(gh, gw)`` (later transformers, 5.x here), ``"reference"`` by the scale factor ``((gh + 0.1) / s,
+    (gw + 0.1) / s)`` (transformers 4.36.2, which computes in the embeddings' dtype: the same in fp32).
+    """
+    num_positions = position_embeddings.shape[1] - 1
+    gh, gw = height // patch_size, width // patch_size
+    if gh * gw == num_positions and height == width:
+        return position_embeddings
+    side = int(math.sqrt(num_positions))
+    dim = position_embeddings.shape[-1]
+    grid = position_embeddings[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    if mode == "size":
+        resized = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+    elif mode == "reference":
+        scale = (float((gh + 0.1) / math.sqrt(num_positions)), float((gw + 0.1) / math.sqrt(num_positions)))
+        resized = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+        if tuple(resized.shape[-2:]) != (gh, gw):
+            raise ValueError(
+                f"the interpolated position embeddings are {tuple(resized.shape[-2:])}, not {(gh, gw)}"
+            )
+    else:
+        raise ValueError(f"unknown position-embedding interpolation '{mode}' (choose size or reference)")
+    resized = resized.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, dim)
+    return torch.cat([position_embeddings[:, :1], resized], dim=1)
+
+
+def _interpolate_pos_encoding(self: nn.Module, embeddings: torch.Tensor, height: int, width: int):
+    """Stands in for ``Dinov2Embeddings.interpolate_pos_encoding`` on one instance (same signature)."""
+    patch = self.patch_embeddings.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    return interpolated_position_embeddings(
+        self.position_embeddings, height, width, patch, self.sd_fsmis_position_interpolation
+    )
+
+
+def use_position_embedding_interpolation(image_encoder: Dinov2Model, mode: str) -> None:
+    """Make this DINOv2 instance resize its position embeddings with ``mode`` ("size" or "reference").
+
+    Only this object changes (its embeddings module's ``interpolate_pos_encoding``, which transformers'
+    forward calls); transformers itself is not patched and the weights are untouched (nothing is saved).
+    """
+    if mode not in ("size", "reference"):
+        raise ValueError(f"unknown position-embedding interpolation '{mode}' (choose size or reference)")
+    embeddings = getattr(image_encoder, "embeddings", None)
+    if embeddings is None or not hasattr(embeddings, "position_embeddings"):
+        raise ValueError("the image encoder is not a transformers Dinov2Model (no embeddings module)")
+    if not callable(getattr(type(embeddings), "interpolate_pos_encoding", None)):
+        raise ValueError(
+            "this transformers version's DINOv2 has no interpolate_pos_encoding: the model's position "
+            "embeddings cannot be set"
+        )
+    embeddings.sd_fsmis_position_interpolation = mode
+    # bound to this instance (a deep copy of the encoder binds to the copy)
+    embeddings.interpolate_pos_encoding = types.MethodType(_interpolate_pos_encoding, embeddings)
+
+
 def patch_features(image_encoder: Dinov2Model, pixel_values: torch.Tensor) -> torch.Tensor:
     """DINOv2 patch features without CLS (and register) tokens -> ``[K, C, gh, gw]``."""
     patch = image_encoder.config.patch_size
@@ -245,6 +316,7 @@ class VisualToTextualConditionTranslator:
         self.mapper = mapper
         self.preprocessing = preprocessing
         self.config = config or VTCTConfig()
+        use_position_embedding_interpolation(image_encoder, self.config.position_embedding_interpolation)
 
     def grid_size(self) -> tuple[int, int]:
         """The patch grid DINOv2 produces for the cropped image (16 x 16 for 224 / 14)."""

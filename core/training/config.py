@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from sd_fsmis.core.errors import UserError
+from sd_fsmis.core.training.augmentation import AUGMENTATIONS
+
+#: as sd_fsmis.core.training.episodes (kept here so that a config is checked without loading any data)
+EXCLUSION_RULES = ("any", "all", "reference")
+EPISODE_MINIMUMS = ("every", "largest")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -31,7 +36,8 @@ class TrainingConfig:
     # -- data and protocol ---------------------------------------------------------------------------------
     fold: int = 0
     n_folds: int = 5
-    #: 1: test classes never targets; 2: slices holding test classes removed (``exclusion`` any / all)
+    #: 1: test classes never targets; 2: slices holding test classes removed (``exclusion``: any / all of
+    #: them, or "reference": those holding liver, both kidneys and spleen, the reference's code)
     setting: int = 1
     exclusion: str = "any"
     #: the held-out (test) classes of this model: {kidneys} = [2, 3] or {liver, spleen} = [1, 4]
@@ -45,11 +51,19 @@ class TrainingConfig:
     #: explicit held-out volumes: replaces the fold split; validation uses the "study" protocol on them
     #: ([]: no held-out volume, so no validation at all; None: the fold split)
     validation_ids: list[int] | None = None
+    #: with the fold split: training volumes held out for model selection ("best"), drawn with ``seed``
+    #: and validated with the "study" protocol on the training classes; 0: no validation, no best model
+    #: (the test fold is never used to choose a model)
+    validation_volumes: int = 0
     #: names of the label values (default: the dataset's names, else "Label N")
     class_names: dict[int, str] | None = None
     shots: int = 1
     min_pixels: int = 200
+    #: "every" slice of an episode needs ``min_pixels`` of the class (ours), or the "largest" (reference)
+    episode_minimum: str = "every"
     augment: bool = True
+    #: augmentation preset: "ours" or "reference" (see sd_fsmis.core.training.augmentation)
+    augmentation: str = "ours"
     # -- optimisation (reference values) ---------------------------------------------------------------------
     steps: int = 15_000
     batch_size: int = 1
@@ -147,7 +161,24 @@ class TrainingConfig:
             raise TrainingConfigError("no output folder (--out DIR)")
         checks = [
             (self.setting in (1, 2), f"setting must be 1 or 2, not {self.setting}"),
-            (self.exclusion in ("any", "all"), f"exclusion must be any or all, not {self.exclusion!r}"),
+            (
+                self.exclusion in EXCLUSION_RULES,
+                f"exclusion must be {' or '.join(EXCLUSION_RULES)}, not {self.exclusion!r}",
+            ),
+            (
+                self.episode_minimum in EPISODE_MINIMUMS,
+                f"episode_minimum must be {' or '.join(EPISODE_MINIMUMS)}, not {self.episode_minimum!r}",
+            ),
+            (
+                self.augmentation in AUGMENTATIONS,
+                f"augmentation must be {' or '.join(AUGMENTATIONS)}, not {self.augmentation!r}",
+            ),
+            (self.validation_volumes >= 0, "validation_volumes must be 0 or more"),
+            (
+                not (self.validation_volumes and self.validation_ids is not None),
+                "give either validation volumes from the training volumes (a count) or explicit "
+                "validation ids, not both",
+            ),
             (
                 self.source in ("labels", "supervoxels"),
                 f"source must be labels or supervoxels, not {self.source!r}",

@@ -45,7 +45,7 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)
     #: step -> mean loss of the fixed held-out episodes (step 0 = before training)
     heldout_losses: dict[int, float] = field(default_factory=dict)
-    #: step -> validation mean Dice (EP1 on the fold's test volumes, or the study protocol on validation_ids)
+    #: step -> validation mean Dice (study protocol on the validation volumes; never the test fold)
     validation: dict[int, float] = field(default_factory=dict)
     #: step -> class name -> validation Dice (NaN where a class could not be scored)
     class_validation: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -100,3 +100,66 @@ def write_finished(result: TrainingResult) -> Path:
     path = result.out / FINISHED
     atomic_write_text(path, json.dumps(document, indent=2) + "\n")
     return path
+
+
+#: which model of a run folder ``sd-fsmis evaluate --run-model`` reports
+RUN_MODELS = ("last", "best")
+
+
+@dataclass
+class RunModel:
+    """One model of a training run folder, with what a report should say about it."""
+
+    run: Path
+    which: str  # "last" or "best"
+    folder: Path
+    step: int | None
+    #: e.g. "run-3 (last model, step 15000)": the model's name in an evaluation report
+    label: str
+    #: a warning when the "best" model was chosen on the test fold (runs of earlier versions)
+    caution: str | None = None
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """True for a training run's folder (``training_config.json`` or ``finished.json``, with ``model/``
+    or ``checkpoints/``), which is not itself a model folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return False
+    marked = (folder / "training_config.json").is_file() or (folder / FINISHED).is_file()
+    return marked and ((folder / LAST_MODEL).is_dir() or (folder / CHECKPOINTS).is_dir())
+
+
+def run_model(run: str | Path, which: str = "last") -> RunModel:
+    """The ``last`` (``model/``) or ``best`` (``best/``) model of a run folder; ModelError when absent."""
+    from sd_fsmis.core.errors import ModelError
+    from sd_fsmis.core.model.config import ModelConfig
+
+    if which not in RUN_MODELS:
+        raise ModelError(f"unknown run model '{which}' (choose {' or '.join(RUN_MODELS)})")
+    root = Path(run).expanduser().resolve()
+    folder = root / (LAST_MODEL if which == "last" else BEST_MODEL)
+    if not (folder / "config.json").is_file():
+        if which == "best":
+            raise ModelError(
+                f"the training run {root} has no best/ model: it was trained without validation volumes "
+                f"(sd-fsmis train --validation-volumes N); its last model is {root / LAST_MODEL}"
+            )
+        raise ModelError(
+            f"the training run {root} has no model/ yet (interrupted before saving one?); continue it with "
+            "sd-fsmis train --resume"
+        )
+    config = ModelConfig.load(folder)
+    step = config.training.steps
+    caution = None
+    extra = config.training.extra or {}
+    if which == "best" and "model_selection" not in extra:
+        trained = extra.get("training_config") or {}
+        if trained.get("validation_ids") is None:
+            caution = (
+                f"the best model of {root.name} was chosen by its Dice on the test fold "
+                f"{trained.get('fold', '?')} (a run of an earlier sd-fsmis): numbers on that fold are "
+                "optimistic; report its last model instead"
+            )
+    label = f"{root.name} ({which} model, step {step})"
+    return RunModel(run=root, which=which, folder=folder, step=step, label=label, caution=caution)

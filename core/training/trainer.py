@@ -20,11 +20,14 @@
   written (a crash while paused loses nothing), a "paused" report is sent, the job waits for ``resume()``
   (or ``cancel()``) and sends a "resumed" report; the paused time counts neither in the ETA nor in the
   steps per second, nor in the run's seconds;
-- validation every ``validate_every`` steps (and at step 0 with ``validate_before``): the mean loss of fixed
-  held-out episodes and the Dice (:func:`sd_fsmis.core.evaluation.protocols.evaluate`) -- EP1 on the test
-  classes of the fold's test volumes, or, with ``validation_ids``, the "study" protocol (supports from the
-  volume itself) on ``classes`` of those volumes; the best (by Dice) and last models are saved in the
-  model-folder format with the training provenance;
+- validation every ``validate_every`` steps (and at step 0 with ``validate_before``) on held-out volumes that
+  are never the test fold's: ``validation_volumes`` training volumes drawn with the seed (fold split), or
+  the explicit ``validation_ids``; the mean loss of fixed held-out episodes and the Dice
+  (:func:`sd_fsmis.core.evaluation.protocols.evaluate`, "study" protocol: supports from each volume itself)
+  of the training classes (or ``classes``); the best (by that Dice) and last models are saved in the
+  model-folder format with the training provenance. Without validation volumes nothing is validated and
+  only the last model is saved (as the reference reports its last checkpoint): choosing the best by Dice
+  on the test fold, as this trainer once did, would inflate every number later reported on that fold;
 - a finished run writes ``out/finished.json`` (steps, seconds, models, best Dice, class Dice before and
   after), so that an interrupted run (checkpoints, no ``finished.json``) can be told from a finished one.
 
@@ -52,9 +55,15 @@ import torch
 from sd_fsmis.core.errors import DeviceError, JobCancelled
 from sd_fsmis.core.io.atomic import atomic_write_text
 from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
-from sd_fsmis.core.training.augmentation import AugmentationConfig
+from sd_fsmis.core.training.augmentation import AUGMENTATIONS
 from sd_fsmis.core.training.config import TrainingConfig, TrainingConfigError
-from sd_fsmis.core.training.episodes import Episode, EpisodeSampler, TrainingVolume, load_training_volumes
+from sd_fsmis.core.training.episodes import (
+    Episode,
+    EpisodeSampler,
+    TrainingVolume,
+    load_training_volumes,
+    reference_exclusion_classes,
+)
 from sd_fsmis.core.training.networks import EpisodeLoss, add_lora, merged_unet, sqi_checkpointing
 from sd_fsmis.core.training.run_folder import (
     BEST_MODEL,
@@ -120,6 +129,20 @@ def _fold_ids(ids: list[int], config: TrainingConfig) -> list[int]:
     return fold_split(ids, config.fold, n_folds=config.n_folds, shots=config.shots).ids
 
 
+def validation_volume_ids(candidates: list[int], count: int, seed: int) -> list[int]:
+    """``count`` of the training volumes ``candidates``, drawn with ``seed`` (sorted), held out for model
+    selection; :class:`TrainingConfigError` when fewer than one training volume would be left."""
+    if count <= 0:
+        return []
+    if count >= len(candidates):
+        raise TrainingConfigError(
+            f"--validation-volumes {count}: only {len(candidates)} training volumes; at least one must stay "
+            "for training"
+        )
+    chosen = np.random.default_rng(seed).choice(sorted(candidates), size=count, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
 def _study_validation_labels(dataset: Any, ids: list[int], classes: list[int] | None) -> list[int]:
     """The classes the study-protocol validation scores: ``classes`` (each in some validation volume) or
     every class present in the validation volumes; :class:`TrainingConfigError` when there is none."""
@@ -180,32 +203,45 @@ def train(
     dataset = FewShotDataset.open(config.data)
     if config.class_names:
         dataset.class_names.update(config.class_names)
-    study_validation = config.validation_ids is not None
+    study_validation = config.validation_ids is not None  # explicit held-out volumes, no fold
+    test_ids: list[int] = []  # the test fold: never trained on, never used to choose a model
     if study_validation:
         unknown = [i for i in config.validation_ids if i not in dataset.ids]
         if unknown:
             raise TrainingConfigError(f"validation volume(s) {unknown} are not in {config.data}")
         held_out_ids = sorted(set(config.validation_ids))
+        train_ids = (
+            config.train_ids
+            if config.train_ids is not None
+            else [i for i in dataset.ids if i not in held_out_ids]
+        )
     else:
-        held_out_ids = _fold_ids(dataset.ids, config)
-    train_ids = (
-        config.train_ids
-        if config.train_ids is not None
-        else [i for i in dataset.ids if i not in held_out_ids]
-    )
+        test_ids = _fold_ids(dataset.ids, config)
+        pool = (
+            config.train_ids
+            if config.train_ids is not None
+            else [i for i in dataset.ids if i not in test_ids]
+        )
+        in_fold = sorted(set(pool) & set(test_ids))
+        if in_fold:
+            raise TrainingConfigError(f"training volumes {in_fold} belong to test fold {config.fold}")
+        held_out_ids = validation_volume_ids(pool, config.validation_volumes, config.seed)
+        train_ids = [i for i in pool if i not in held_out_ids]
     overlap = sorted(set(train_ids) & set(held_out_ids))
     if overlap:
-        if study_validation:
-            raise TrainingConfigError(f"volume(s) {overlap} cannot be both training and validation volumes")
-        raise TrainingConfigError(f"training volumes {overlap} belong to test fold {config.fold}")
+        raise TrainingConfigError(f"volume(s) {overlap} cannot be both training and validation volumes")
     if not train_ids:
         raise TrainingConfigError("no training volume is left once the validation volumes are held out")
-    validate_dice = config.dice_validation and bool(held_out_ids)  # validation_ids=[]: nothing to score
-    validation_labels = (
-        _study_validation_labels(dataset, held_out_ids, config.classes)
-        if study_validation and validate_dice
-        else list(config.test_classes)
-    )
+    validate_dice = config.dice_validation and bool(held_out_ids)  # no held-out volume: nothing to score
+    validation_labels: list[int] = []
+    if validate_dice:
+        validation_labels = _study_validation_labels(dataset, held_out_ids, config.classes)
+        if not study_validation:  # the training classes only: the test classes stay unseen
+            validation_labels = [c for c in validation_labels if c not in config.test_classes]
+            if not validation_labels:
+                raise TrainingConfigError(
+                    f"the validation volumes {held_out_ids} hold no training class to validate on"
+                )
     volumes = load_training_volumes(dataset, train_ids, source=config.source)
     sampler = EpisodeSampler(
         volumes,
@@ -215,8 +251,14 @@ def train(
         test_classes=config.test_classes,
         exclusion=config.exclusion,
         classes=config.classes,
-        augmentation=AugmentationConfig() if config.augment else None,
+        augmentation=AUGMENTATIONS[config.augmentation] if config.augment else None,
         seed=config.seed + 1000 * accelerator.process_index,
+        episode_minimum=config.episode_minimum,
+        reference_classes=(
+            reference_exclusion_classes(dataset.class_names)
+            if config.setting == 2 and config.exclusion == "reference"
+            else None
+        ),
     )
     trained_classes = [dataset.class_name(c) for c in sampler.classes] if config.source == "labels" else []
 
@@ -303,12 +345,12 @@ def train(
                 ho_volumes,
                 shots=config.shots,
                 min_pixels=config.min_pixels,
-                classes=config.classes if study_validation else None,
+                classes=config.classes,
+                test_classes=[] if study_validation else config.test_classes,
                 seed=config.seed + 7,
+                episode_minimum=config.episode_minimum,
             )
         except EpisodeError as exc:
-            if not study_validation:
-                raise
             log.warning("no held-out loss: the validation volumes give no episode (%s)", exc)
         else:
             heldout_tensors = [
@@ -332,12 +374,21 @@ def train(
             extra["best_dice"] = dice
         elif best_dice is not None:
             extra["best_dice"] = best_dice
+        # what chose "best" (never the test fold), for evaluate to say which model it reports
+        extra["model_selection"] = {
+            "validation_volumes": list(held_out_ids) if validate_dice else [],
+            "test_volumes": list(test_ids),
+            "protocol": "study" if validate_dice else None,
+            "classes": list(validation_labels),
+        }
         if study_validation:
             how = f"{len(train_ids)} volumes, validated on {len(held_out_ids)}"
             notes = f"validation volumes {', '.join(str(i) for i in held_out_ids)}"
         else:
             how = f"fold {config.fold}, setting {config.setting}"
             notes = f"fold {config.fold}, setting {config.setting} ({config.exclusion})"
+            if held_out_ids:
+                notes += f", validation volumes {', '.join(str(i) for i in held_out_ids)}"
         return dataclasses.replace(
             base,
             name="",
@@ -441,27 +492,15 @@ def train(
             model.eval()
             engine = SDFSMISEngine(pipeline, name=f"{out.name}@{step}")
             with accelerator.autocast():  # the frozen parts may be bf16/fp16, the trained ones fp32
-                if study_validation:
-                    report = evaluate(
-                        dataset,
-                        engine,
-                        protocol="study",
-                        ids=held_out_ids,
-                        labels=validation_labels,
-                        shots=config.shots,
-                        surface=False,
-                    )
-                else:
-                    report = evaluate(
-                        dataset,
-                        engine,
-                        protocol="ep1",
-                        folds=[config.fold],
-                        labels=config.test_classes,
-                        shots=config.shots,
-                        n_folds=config.n_folds,
-                        surface=False,
-                    )
+                report = evaluate(
+                    dataset,
+                    engine,
+                    protocol="study",
+                    ids=held_out_ids,
+                    labels=validation_labels,
+                    shots=config.shots,
+                    surface=False,
+                )
             dice = float(report.mean_dice())
             validation[step] = dice
             class_validation[step] = {dataset.class_name(k): float(v) for k, v in report.class_dice().items()}

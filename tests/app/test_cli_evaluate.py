@@ -274,3 +274,65 @@ def test_too_few_volumes_for_the_folds_says_how_many_are_needed(data_dir, tmp_pa
     line = _error_line(capsys)
     assert "EP1 needs at least 10 volumes for 5 folds" in line and "the data has 6" in line
     assert "--protocol study or clinical" in line
+
+
+def _run_folder(root: Path, *, best: bool, selection: bool = True) -> Path:
+    """A training run folder holding tiny models: model/ (step 20) and, if ``best``, best/ (step 10)."""
+    from sd_fsmis.core.model.config import ModelConfig
+    from sd_fsmis.core.model.create import create_preset_model
+
+    run = root / "run-7"
+    run.mkdir()
+    (run / "training_config.json").write_text(json.dumps({"fold": 0, "validation_ids": None}))
+    for folder, step in (("model", 20), ("best", 10)) if best else (("model", 20),):
+        path = create_preset_model("tiny", out=run / folder, seed=step)
+        config = ModelConfig.load(path)
+        config.training.steps = step
+        config.training.extra = {"training_config": {"fold": 0, "validation_ids": None}}
+        if selection:
+            config.training.extra["model_selection"] = {"validation_volumes": [14, 18]}
+        config.save(path)
+    return run
+
+
+def test_a_run_folder_is_evaluated_with_its_last_model_unless_told(data_dir, tmp_path, capsys):
+    run = _run_folder(tmp_path, best=True)
+    args = ["evaluate", "--model", str(run), "--data", str(data_dir), "--protocol", "study", "--ids", "2"]
+    args.append("--no-distances")
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["model"] == "run-7 (last model, step 20)"
+    assert f"evaluating the last model of the run: {run / 'model'}" in captured.err
+    assert main([*args, "--run-model", "best"]) == 0
+    captured = capsys.readouterr()
+    assert "| run-7 (best model, step 10) (STUDY, 1-shot) |" in captured.out
+    assert "warning" not in captured.err  # this best was chosen on held-out training volumes
+    # a model folder is not a run folder
+    assert (
+        main(["evaluate", "--model", str(run / "model"), "--data", str(data_dir), "--run-model", "best"]) == 2
+    )
+    assert "--run-model goes with a training run folder" in _error_line(capsys)
+
+
+def test_a_run_without_best_says_so_and_an_old_best_is_flagged(data_dir, tmp_path, capsys):
+    args = [
+        "--data",
+        str(data_dir),
+        "--protocol",
+        "study",
+        "--ids",
+        "2",
+        "--no-distances",
+        "--run-model",
+        "best",
+    ]
+    (tmp_path / "a").mkdir()
+    run = _run_folder(tmp_path / "a", best=False)
+    assert main(["evaluate", "--model", str(run), *args]) == 2
+    assert "has no best/ model: it was trained without validation volumes" in _error_line(capsys)
+    (tmp_path / "b").mkdir()
+    old = _run_folder(tmp_path / "b", best=True, selection=False)  # "best" chosen on the test fold
+    assert main(["evaluate", "--model", str(old), *args]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the best model of run-7 was chosen by its Dice on the test fold 0" in err

@@ -49,6 +49,19 @@ def test_flags_override_the_config_file(tmp_path):
     assert config.test_classes == [1, 4] and config.lora and config.gradient_checkpointing
     assert config.precision == "bf16" and not config.dice_validation and config.resume
     assert config.accumulation == 4 and config.seed == 42  # the reference's defaults
+    # ours by default; the reference's training on request
+    assert (config.episode_minimum, config.augmentation, config.validation_volumes) == ("every", "ours", 0)
+    flags = ["--model", "m", "--data", "d", "--out", "o", "--setting", "2", "--exclusion", "reference"]
+    flags += ["--episode-minimum", "largest", "--augmentation", "reference", "--validation-volumes", "2"]
+    reference = train_command.build_config(parse(flags))
+    assert (reference.exclusion, reference.episode_minimum, reference.augmentation) == (
+        "reference",
+        "largest",
+        "reference",
+    )
+    assert reference.validation_volumes == 2
+    with pytest.raises(TrainingConfigError, match="not both"):
+        train_command.build_config(parse([*flags, "--validation-ids", "3"]))
     with pytest.raises(TrainingConfigError, match="model"):
         train_command.build_config(parse(["--data", "d", "--out", "o"]))
 
@@ -57,7 +70,7 @@ def test_train_command_writes_a_model_and_resumes(chaos_dir, tmp_path, capsys):
     base = create_preset_model("tiny", out=tmp_path / "base", seed=0)
     argv = ["--model", str(base), "--data", str(chaos_dir), "--out", str(tmp_path / "run"), "--device", "cpu"]
     argv += ["--fold", "1", "--accumulation", "1", "--checkpoint-every", "2", "--heldout-episodes", "2"]
-    argv += ["--validate-every", "0", "--no-validation"]
+    argv += ["--validate-every", "0", "--no-validation", "--validation-volumes", "1"]
     assert train_command.run(parse([*argv, "--steps", "3"])) == 0
     out = capsys.readouterr().out
     assert "trained 3 steps" in out and "last model:" in out and "held-out loss" in out

@@ -92,3 +92,37 @@ def test_check_runs_the_model_on_the_cpu(capsys):
     assert main(["models", "default", "tiny-check"]) == 0
     assert main(["models", "check", "--device", "cpu"]) == 0  # the store's default model
     assert "tiny-check on CPU (float32): 8 slices" in capsys.readouterr().out
+
+
+def test_create_with_the_reference_preprocessing(capsys, tmp_path):
+    from sd_fsmis.core.model.folder import load_pipeline
+
+    out = tmp_path / "reference-recipe"
+    assert (
+        main(["models", "create", "--preset", "tiny", "--out", str(out), "--preprocessing", "reference"]) == 0
+    )
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["format_version"] == 2
+    assert (
+        config["preprocessing"]["image_interpolation"]
+        == config["preprocessing"]["mask_interpolation"]
+        == "nearest"
+    )
+    vtct = config["vtct"]
+    assert (vtct["mask_alignment"], vtct["quantize_8bit"], vtct["position_embedding_interpolation"]) == (
+        "reference",
+        True,
+        "reference",
+    )
+    assert main(["models", "info", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["DINOv2", "positions", "reference"] for line in lines)
+    assert any(line.split() == ["format", "version", "2"] for line in lines)
+    pipe = load_pipeline(out)  # the loaded DINOv2 uses the recorded interpolation
+    assert pipe.image_encoder.embeddings.sd_fsmis_position_interpolation == "reference"
+    # ours by default
+    assert main(["models", "create", "--preset", "tiny", "--out", str(tmp_path / "ours")]) == 0
+    ours = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert ours["format_version"] == 1 and ours["vtct"]["position_embedding_interpolation"] == "size"
+    assert ours["preprocessing"]["image_interpolation"] == "bilinear"

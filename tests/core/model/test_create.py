@@ -155,6 +155,9 @@ def test_reference_import(hub_like_sources, tmp_path, phantom):
     folder = import_reference_checkpoint(tmp_path / "run", sd_dir, dinov2_dir, out=tmp_path / "imported")
     config = ModelConfig.load(folder)
     assert config.vtct.mask_alignment == "reference" and config.vtct.quantize_8bit
+    # transformers 4.36.2's position-embedding interpolation, which readers of format 1 do not know
+    assert config.vtct.position_embedding_interpolation == "reference"
+    assert json.loads((folder / "config.json").read_text())["format_version"] == 2
     assert config.preprocessing.image_interpolation == config.preprocessing.mask_interpolation == "nearest"
     assert config.training.kind == "reference-import" and config.training.steps == 500
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
@@ -169,6 +172,34 @@ def test_reference_import(hub_like_sources, tmp_path, phantom):
         assert torch.equal(value, mapper_state[key]), key
     volume, mask = phantom
     assert np.isfinite(pipe.segment_slices([volume[2]], [mask], volume[:2])).all()
+
+
+def test_base_model_with_the_reference_recipe(hub_like_sources, tmp_path):
+    sd_dir, dinov2_dir, _ = hub_like_sources
+    folder = create_base_model(sd_dir, dinov2_dir, out=tmp_path / "base", preprocessing="reference")
+    config = ModelConfig.load(folder)
+    assert config.preprocessing.image_interpolation == "nearest" and config.vtct.quantize_8bit
+    assert config.vtct.mask_alignment == config.vtct.position_embedding_interpolation == "reference"
+    with pytest.raises(ModelError, match="unknown preprocessing 'paper'"):
+        create_base_model(sd_dir, dinov2_dir, out=tmp_path / "other", preprocessing="paper")
+    assert not (tmp_path / "other").exists()
+
+
+def test_reference_import_needs_only_the_vae_of_stable_diffusion(hub_like_sources, tmp_path):
+    import shutil
+
+    sd_dir, dinov2_dir, parts = hub_like_sources
+    _, state, _ = _reference_checkpoint(tmp_path / "run", parts)
+    vae_only = tmp_path / "sd-vae-only"
+    shutil.copytree(sd_dir / "vae", vae_only / "vae")  # no unet/: the U-Net comes from the checkpoint
+    folder = import_reference_checkpoint(tmp_path / "run", vae_only, dinov2_dir, out=tmp_path / "imported")
+    pipe = load_pipeline(folder)
+    for key, value in pipe.vae.state_dict().items():
+        assert torch.equal(value, parts["vae"].state_dict()[key]), key
+    assert torch.equal(pipe.conv_in_ref.conv.weight, state["conv_in_ref.weight"])
+    # a base model still needs Stable Diffusion's U-Net, and says so
+    with pytest.raises(ModelError, match="unet/ subfolder is missing"):
+        create_base_model(vae_only, dinov2_dir, out=tmp_path / "base")
 
 
 def test_reference_import_refuses_pickle(hub_like_sources, tmp_path):

@@ -112,3 +112,118 @@ def test_unknown_alignment_is_rejected():
         mask_on_patch_grid(
             torch.ones(1, 1, 8, 8), DinoPreprocessing(), (4, 4), VTCTConfig(mask_alignment="x")
         )
+
+
+# -- DINOv2 position embeddings (518-px model, 224-px input) ---------------------------------------------
+def _dinov2_518():
+    """A tiny DINOv2 built for 518 px (a 37 x 37 position grid), as DINOv2-base."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=518
+    )
+    model = Dinov2Model(config).eval()
+    with torch.no_grad():  # distinct, non-smooth embeddings: any interpolation difference shows
+        model.embeddings.position_embeddings.normal_()
+    return model
+
+
+def _by_hand_tokens(model, pixel_values: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings, last hidden state) of ``model`` with its position grid resized by hand."""
+    import torch.nn.functional as F
+
+    pos = model.embeddings.position_embeddings.detach()  # [1, 1 + 37 * 37, C]
+    grid = pos[:, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
+    if mode == "size":  # later transformers (5.x, installed here)
+        resized = F.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False)
+    else:  # transformers 4.36.2: height // 14 + 0.1 over sqrt(37 * 37)
+        scale = (16 + 0.1) / 37
+        resized = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", align_corners=False)
+    assert resized.shape[-2:] == (16, 16)
+    pos = torch.cat([pos[:, :1], resized.permute(0, 2, 3, 1).reshape(1, 256, -1)], dim=1)
+    patches = model.embeddings.patch_embeddings(pixel_values)  # [1, 256, C]
+    cls = model.embeddings.cls_token.expand(patches.shape[0], -1, -1)
+    embeddings = torch.cat([cls, patches], dim=1) + pos
+    hidden = embeddings
+    for layer in model.encoder.layer:
+        hidden = layer(hidden)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return embeddings, model.layernorm(hidden)
+
+
+@pytest.mark.parametrize("mode", ["size", "reference"])
+def test_position_embedding_interpolation_gives_the_tokens_of_its_formula(mode):
+    from sd_fsmis.core.model.vtct import use_position_embedding_interpolation
+
+    model = _dinov2_518()
+    x = torch.randn(1, 3, 224, 224)
+    use_position_embedding_interpolation(model, mode)
+    with torch.no_grad():
+        expected_embeddings, expected_tokens = _by_hand_tokens(model, x, mode)
+        torch.testing.assert_close(model.embeddings(x), expected_embeddings, rtol=0, atol=1e-6)
+        tokens = model(pixel_values=x).last_hidden_state
+    assert tokens.shape == (1, 257, 16)
+    torch.testing.assert_close(tokens, expected_tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_the_two_interpolations_differ_and_size_is_what_transformers_does_now():
+    from sd_fsmis.core.model.vtct import use_position_embedding_interpolation
+
+    x = torch.randn(1, 3, 224, 224)
+    model = _dinov2_518()
+    with torch.no_grad():
+        installed = model(pixel_values=x).last_hidden_state  # this transformers' own interpolation (5.x)
+        use_position_embedding_interpolation(model, "size")
+        size = model(pixel_values=x).last_hidden_state
+        use_position_embedding_interpolation(model, "reference")
+        reference = model(pixel_values=x).last_hidden_state
+    torch.testing.assert_close(size, installed, rtol=0, atol=1e-6)
+    assert (size - reference).abs().max() > 1e-2
+    # at the native size nothing is resized, whatever the mode
+    with torch.no_grad():
+        full = torch.randn(1, 3, 518, 518)
+        reference_full = model.embeddings(full)
+        use_position_embedding_interpolation(model, "size")
+        torch.testing.assert_close(model.embeddings(full), reference_full, rtol=0, atol=0)
+
+
+def test_the_pipeline_uses_the_models_interpolation_and_a_deep_copy_keeps_it():
+    import copy
+
+    from sd_fsmis.core.model.vtct import VisualToTextualConditionTranslator
+
+    model = _dinov2_518()
+    mapper = VTCTMapper(in_dim=16, hidden_dim=8, out_dim=4)
+    vtct = VisualToTextualConditionTranslator(
+        model, mapper, DinoPreprocessing(), VTCTConfig(position_embedding_interpolation="reference")
+    )
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        _, expected = _by_hand_tokens(model, x, "reference")
+        torch.testing.assert_close(vtct.image_encoder(pixel_values=x).last_hidden_state, expected)
+        twin = copy.deepcopy(model)
+        twin.embeddings.position_embeddings.zero_()  # the copy's own embeddings are used, not the original's
+        assert not torch.allclose(twin(pixel_values=x).last_hidden_state, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown position-embedding interpolation"):
+        VisualToTextualConditionTranslator(
+            model, mapper, DinoPreprocessing(), VTCTConfig(position_embedding_interpolation="nearest")
+        )
+
+
+def test_format_version_2_only_for_the_reference_interpolation():
+    from sd_fsmis.core.errors import ModelError
+    from sd_fsmis.core.model.config import ModelConfig
+
+    assert ModelConfig().to_dict()["format_version"] == 1
+    assert ModelConfig().to_dict()["vtct"]["position_embedding_interpolation"] == "size"
+    reference = ModelConfig(vtct=VTCTConfig(position_embedding_interpolation="reference"))
+    data = reference.to_dict()
+    assert data["format_version"] == 2
+    assert ModelConfig.from_dict(data).validate().vtct.position_embedding_interpolation == "reference"
+    # a config written before the option existed is a "size" model (what transformers 5 did)
+    old = ModelConfig().to_dict()
+    del old["vtct"]["position_embedding_interpolation"]
+    assert ModelConfig.from_dict(old).validate().vtct.position_embedding_interpolation == "size"
+    with pytest.raises(ModelError, match="position-embedding interpolation 'cubic'"):
+        ModelConfig(vtct=VTCTConfig(position_embedding_interpolation="cubic")).validate()

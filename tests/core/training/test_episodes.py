@@ -131,3 +131,86 @@ def test_self_supervised_episodes_from_supervoxels(chaos_dir):
         ep = sampler.sample()
         assert (ep.support_masks.sum() >= 200) and (ep.query_masks.sum() >= 200)
         assert not np.isin(volumes[0].annotation[ep.slices], KIDNEYS).any()
+
+
+def test_reference_exclusion_removes_the_slices_holding_all_four_organs_on_fold_0(chaos_dir):
+    from sd_fsmis.core.evaluation.folds import fold_split
+    from sd_fsmis.core.io.labelmap import LabelMap
+
+    dataset = FewShotDataset.open(chaos_dir)
+    test_ids = fold_split(dataset.ids, 0, n_folds=5, shots=1).ids
+    removed = {"reference": 0, "all": 0, "any": 0}
+    total = 0
+    for case_id in (i for i in dataset.ids if i not in test_ids):
+        labels = np.asarray(LabelMap.load(dataset.case(case_id).label).array)
+        total += labels.shape[0]
+        for rule in removed:
+            removed[rule] += int(excluded_slices(labels, KIDNEYS, rule).sum())
+        # the reference's rule ignores the test classes: the same slices for either test group
+        np.testing.assert_array_equal(
+            excluded_slices(labels, KIDNEYS, "reference"), excluded_slices(labels, [1, 4], "reference")
+        )
+    # the figures of the reference's code on fold 0 (issue 19): 54 of 544; ADNet's "all" 195
+    assert (total, removed["reference"], removed["all"]) == (544, 54, 195)
+    assert removed["any"] > removed["all"]
+
+
+def test_reference_exclusion_finds_the_organs_by_name():
+    from sd_fsmis.core.training.episodes import reference_exclusion_classes
+
+    assert reference_exclusion_classes({1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"}) == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    synapse = {1: "Spleen", 2: "Right Kidney", 3: "Left Kidney", 4: "gallbladder", 6: "Liver"}
+    assert reference_exclusion_classes(synapse) == [1, 2, 3, 6]
+    with pytest.raises(EpisodeError, match="no class named spleen"):
+        reference_exclusion_classes({1: "liver", 2: "right kidney", 3: "left kidney"})
+
+
+def test_reference_exclusion_in_the_sampler_keeps_test_classes_out_of_targets(chaos_volumes):
+    sampler = EpisodeSampler(chaos_volumes, setting=2, test_classes=KIDNEYS, exclusion="reference", seed=0)
+    assert sampler.classes == [1, 4]
+    for index, vol in enumerate(chaos_volumes):
+        flat = vol.labels.reshape(vol.labels.shape[0], -1)
+        all_four = np.stack([(flat == c).any(axis=1) for c in (1, 2, 3, 4)], axis=1).all(axis=1)
+        assert not any(all_four[z] for z in sampler.slices_used(index))
+    any_sampler = EpisodeSampler(chaos_volumes, setting=2, test_classes=KIDNEYS, exclusion="any")
+    n_reference = sum(len(sampler.slices_used(i)) for i in range(len(chaos_volumes)))
+    n_any = sum(len(any_sampler.slices_used(i)) for i in range(len(chaos_volumes)))
+    assert n_reference > n_any
+
+
+def test_episode_minimum_every_or_largest():
+    every = EpisodeSampler([synthetic_volume()], shots=1, min_pixels=250)
+    largest = EpisodeSampler([synthetic_volume()], shots=1, min_pixels=250, episode_minimum="largest")
+    assert every.windows[0][1] == [2]  # 300 + 300 only
+    assert largest.windows[0][1] == [2, 3, 4]  # 300+300, 300+100, 100+300: the larger has 250
+    assert largest.windows[0][2] == every.windows[0][2] == [0, 1, 2, 3, 4, 5]  # slice 7 lacks class 2
+    assert 1 not in EpisodeSampler([synthetic_volume()], min_pixels=350, episode_minimum="largest").windows[0]
+    with pytest.raises(EpisodeError, match="unknown episode minimum"):
+        EpisodeSampler([synthetic_volume()], episode_minimum="smallest")
+
+
+def test_episode_minimum_largest_on_chaos(chaos_volumes):
+    every = EpisodeSampler(chaos_volumes, test_classes=KIDNEYS)
+    largest = EpisodeSampler(chaos_volumes, test_classes=KIDNEYS, episode_minimum="largest", seed=4)
+    extra = 0
+    for index in range(len(chaos_volumes)):
+        for label, starts in every.windows[index].items():
+            assert set(starts) <= set(largest.windows[index][label])
+            extra += len(set(largest.windows[index][label]) - set(starts))
+    assert extra > 0  # episodes the reference draws and "every" cannot
+    for _ in range(100):
+        ep = largest.sample()
+        counts = np.concatenate([ep.support_masks, ep.query_masks]).reshape(2, -1).sum(axis=1)
+        assert counts.min() > 0 and counts.max() >= 200
+
+
+def test_the_training_config_knows_the_same_rules():
+    from sd_fsmis.core.training import config, episodes
+
+    assert config.EXCLUSION_RULES == episodes.EXCLUSION_RULES
+    assert config.EPISODE_MINIMUMS == episodes.EPISODE_MINIMUMS

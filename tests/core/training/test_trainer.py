@@ -88,9 +88,17 @@ def test_training_lowers_the_heldout_loss(tiny_model, chaos_dir, tmp_path):
         heldout_episodes=12,
         dice_validation=True,
         validate_every=30,
+        validation_volumes=2,
     )
     seen = []
     result = train(config, progress=lambda p: seen.append(p.extra))
+    # "best" was chosen on two training volumes held out from training, never on the test fold (1, 2, 3, 5, 8)
+    selection = ModelConfig.load(result.best_dir).training.extra["model_selection"]
+    held_out = selection["validation_volumes"]
+    assert len(held_out) == 2 and not set(held_out) & {1, 2, 3, 5, 8}
+    assert selection["test_volumes"] == [1, 2, 3, 5, 8] and selection["classes"] == [1, 4]
+    trained_on = ModelConfig.load(result.model_dir).training.datasets[0]
+    assert not any(f" {i}," in f" {trained_on}," for i in held_out)
     first, last = result.heldout_losses[0], result.heldout_losses[60]
     print(f"held-out loss {first:.4f} -> {last:.4f}; {result.steps_per_second:.2f} steps/s")
     assert last < 0.8 * first
@@ -108,6 +116,42 @@ def test_training_lowers_the_heldout_loss(tiny_model, chaos_dir, tmp_path):
     assert saved.classes == ["liver", "spleen"]
     assert saved.training.extra["training_config"]["fold"] == 0
     assert result.best_dir is not None and ModelConfig.load(result.best_dir).training.extra["best_dice"] >= 0
+
+
+def test_without_validation_volumes_nothing_is_chosen_on_the_test_fold(tiny_model, chaos_dir, tmp_path):
+    config = config_for(
+        tiny_model,
+        chaos_dir,
+        tmp_path / "run",
+        steps=2,
+        accumulation=1,
+        dice_validation=True,
+        validate_every=1,
+        validate_before=True,
+        heldout_episodes=4,
+        # the reference's training recipe runs through the same loop
+        setting=2,
+        exclusion="reference",
+        episode_minimum="largest",
+        augmentation="reference",
+    )
+    result = train(config)
+    assert result.validation == {} and result.heldout_losses == {} and result.best_dir is None
+    assert not (tmp_path / "run" / "best").exists() and result.model_dir.is_dir()
+    saved = ModelConfig.load(result.model_dir)
+    assert saved.training.extra["model_selection"]["validation_volumes"] == []
+    recipe = saved.training.extra["training_config"]
+    assert (recipe["exclusion"], recipe["episode_minimum"], recipe["augmentation"]) == (
+        "reference",
+        "largest",
+        "reference",
+    )
+    with pytest.raises(TrainingConfigError, match="at least one must stay"):
+        train(
+            config_for(
+                tiny_model, chaos_dir, tmp_path / "run2", steps=1, train_ids=[10, 13], validation_volumes=2
+            )
+        )
 
 
 def test_cancel_then_resume_reproduces_the_uninterrupted_run(tiny_model, chaos_dir, tmp_path):

@@ -12,6 +12,8 @@ from typing import Any
 from sd_fsmis.core.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: where episodes take their classes from (:mod:`sd_fsmis.core.training.episodes`)
+SOURCES = ("labels", "supervoxels", "mixed")
 
 
 class TrainingConfigError(UserError):
@@ -36,8 +38,12 @@ class TrainingConfig:
     exclusion: str = "any"
     #: the held-out (test) classes of this model: {kidneys} = [2, 3] or {liver, spleen} = [1, 4]
     test_classes: list[int] = field(default_factory=lambda: [2, 3])
-    #: "labels" (annotation) or "supervoxels" (self-supervised pseudo-labels)
+    #: "labels" (annotation), "supervoxels" (self-supervised pseudo-labels: the data's supervoxel files, else
+    #: computed) or "mixed" (labels where a volume has a label map, supervoxels elsewhere)
     source: str = "labels"
+    #: folder where computed supervoxels are cached ("": computed again every run); the application gives
+    #: its cache folder
+    supervoxel_cache: str = ""
     #: training volumes (default: every volume outside the fold, or outside ``validation_ids``)
     train_ids: list[int] | None = None
     #: train only on these label values (default: every class except ``test_classes``)
@@ -149,8 +155,8 @@ class TrainingConfig:
             (self.setting in (1, 2), f"setting must be 1 or 2, not {self.setting}"),
             (self.exclusion in ("any", "all"), f"exclusion must be any or all, not {self.exclusion!r}"),
             (
-                self.source in ("labels", "supervoxels"),
-                f"source must be labels or supervoxels, not {self.source!r}",
+                self.source in SOURCES,
+                f"source must be labels, supervoxels or mixed, not {self.source!r}",
             ),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.steps >= 1, "steps must be at least 1"),

@@ -161,7 +161,10 @@ def train(
     _fresh_accelerate_state()
     out = Path(config.out).expanduser().resolve()
     # before any work: the run folder must be writable and hold none of the data it trains on
-    check_destination_folder(out, FewShotDataset.open(config.data).inputs(), option="--out")
+    labels_needed = config.source == "labels"  # self-supervised data may hold unlabelled volumes
+    check_destination_folder(
+        out, FewShotDataset.open(config.data, require_labels=labels_needed).inputs(), option="--out"
+    )
     device_name = (config.device or "auto").lower()
     wanted = select_device(device_name)  # DeviceError with one line when missing
     accelerator = Accelerator(
@@ -177,7 +180,7 @@ def train(
         atomic_write_text(out / "training_config.json", config.to_json())
 
     # -- data --------------------------------------------------------------------------------------------
-    dataset = FewShotDataset.open(config.data)
+    dataset = FewShotDataset.open(config.data, require_labels=labels_needed)
     if config.class_names:
         dataset.class_names.update(config.class_names)
     study_validation = config.validation_ids is not None
@@ -200,13 +203,30 @@ def train(
         raise TrainingConfigError(f"training volumes {overlap} belong to test fold {config.fold}")
     if not train_ids:
         raise TrainingConfigError("no training volume is left once the validation volumes are held out")
-    validate_dice = config.dice_validation and bool(held_out_ids)  # validation_ids=[]: nothing to score
+    # Dice needs label maps: the labelled held-out volumes (EP1: every volume of the data labelled)
+    scored_ids = [i for i in held_out_ids if i in set(dataset.labelled_ids)]
+    all_labelled = len(dataset.labelled_ids) == len(dataset.ids)
+    validate_dice = config.dice_validation and bool(scored_ids) and (study_validation or all_labelled)
+    if config.dice_validation and held_out_ids and not validate_dice:
+        log.warning("no Dice can be measured: no held-out volume has a label map (held-out loss only)")
     validation_labels = (
-        _study_validation_labels(dataset, held_out_ids, config.classes)
+        _study_validation_labels(dataset, scored_ids, config.classes)
         if study_validation and validate_dice
         else list(config.test_classes)
     )
-    volumes = load_training_volumes(dataset, train_ids, source=config.source)
+
+    def preparing(p: Progress) -> None:  # reading the volumes (and computing supervoxels where missing)
+        if progress is not None and main:
+            progress(Progress(0, config.steps, p.message, p.elapsed_s, {"preparing": p.fraction}))
+
+    volumes = load_training_volumes(
+        dataset,
+        train_ids,
+        source=config.source,
+        supervoxel_cache=config.supervoxel_cache or None,
+        progress=preparing,
+        cancel=cancel,
+    )
     sampler = EpisodeSampler(
         volumes,
         shots=config.shots,
@@ -218,7 +238,8 @@ def train(
         augmentation=AugmentationConfig() if config.augment else None,
         seed=config.seed + 1000 * accelerator.process_index,
     )
-    trained_classes = [dataset.class_name(c) for c in sampler.classes] if config.source == "labels" else []
+    labelled_classes = {c for v, w in zip(volumes, sampler.windows, strict=True) if not v.pseudo for c in w}
+    trained_classes = [dataset.class_name(c) for c in sorted(labelled_classes)]
 
     # -- model -------------------------------------------------------------------------------------------
     base_dir = resolve_model(config.model)
@@ -297,7 +318,14 @@ def train(
     if config.heldout_episodes > 0 and main and held_out_ids:
         from sd_fsmis.core.training.episodes import EpisodeError
 
-        ho_volumes = load_training_volumes(dataset, held_out_ids)
+        ho_volumes = load_training_volumes(
+            dataset,
+            held_out_ids,
+            source="labels" if labels_needed else "mixed",  # unlabelled held-out volumes: supervoxels
+            supervoxel_cache=config.supervoxel_cache or None,
+            progress=preparing,
+            cancel=cancel,
+        )
         try:
             ho_sampler = EpisodeSampler(
                 ho_volumes,
@@ -328,6 +356,10 @@ def train(
             },
             "heldout_loss": {str(k): v for k, v in heldout.items()},
         }
+        if config.source != "labels":  # how the pseudo-labels were made (those the data did not bring)
+            from sd_fsmis.core.training.supervoxels import SupervoxelParameters
+
+            extra["supervoxels"] = SupervoxelParameters().to_dict()
         if dice is not None:
             extra["best_dice"] = dice
         elif best_dice is not None:
@@ -446,7 +478,7 @@ def train(
                         dataset,
                         engine,
                         protocol="study",
-                        ids=held_out_ids,
+                        ids=scored_ids,
                         labels=validation_labels,
                         shots=config.shots,
                         surface=False,

@@ -134,23 +134,37 @@ def foreground_mask(image: np.ndarray, parameters: SupervoxelParameters | None =
 
 
 def _link_slices(slices: list[np.ndarray], link_overlap: float) -> np.ndarray:
-    """Per-slice segment maps (0 = none, ids unique over the volume) -> supervoxel ids 1..N."""
-    total = 1 + max((int(s.max()) for s in slices), default=0)
+    """Per-slice segment maps (0 = none, 1..n_z on slice z) -> supervoxel ids ``[Z, H, W]`` 1..N: segments
+    of neighbouring slices that each cover more than ``link_overlap`` of the other share an id."""
+    counts = [int(s.max()) for s in slices]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # slice z's ids: offsets[z] + 1..
+    total = int(offsets[-1]) + 1
     parent = np.arange(total)  # each segment its own supervoxel, then chains joined
-    for a, b in itertools.pairwise(slices):
-        both = (a > 0) & (b > 0)
-        if not both.any():
+    present = np.zeros(total, dtype=bool)
+    for z, (a, b) in enumerate(itertools.pairwise(slices)):
+        na, nb = counts[z], counts[z + 1]
+        if na == 0 or nb == 0:
             continue
-        pairs, overlap = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
-        area_a = np.bincount(a.ravel(), minlength=total)
-        area_b = np.bincount(b.ravel(), minlength=total)
-        keep = (overlap > link_overlap * area_a[pairs[0]]) & (overlap > link_overlap * area_b[pairs[1]])
-        for sa, sb in pairs[:, keep].T:
-            parent[sb] = parent[sa]  # one to one: sb has no other link, sa's root is already final
-    roots = np.unique(parent[1:][np.isin(np.arange(1, total), np.unique(np.concatenate(slices)))])
+        overlap = np.bincount(
+            (a.astype(np.int64) * (nb + 1) + b).ravel(), minlength=(na + 1) * (nb + 1)
+        ).reshape(na + 1, nb + 1)
+        area_a, area_b = overlap.sum(axis=1), overlap.sum(axis=0)
+        keep = (overlap > link_overlap * area_a[:, None]) & (overlap > link_overlap * area_b[None, :])
+        keep[0, :] = keep[:, 0] = False
+        for la, lb in zip(*np.nonzero(keep), strict=True):
+            # one to one (each covers more than half of the other); a's root is already final
+            parent[offsets[z + 1] + lb] = parent[offsets[z] + la]
+    for z, s in enumerate(slices):
+        if counts[z]:
+            present[offsets[z] + np.flatnonzero(np.bincount(s.ravel())[1:]) + 1] = True
+    roots = np.unique(parent[present])
     new_id = np.zeros(total, dtype=np.int32)
     new_id[roots] = np.arange(1, len(roots) + 1, dtype=np.int32)
-    return new_id[parent]
+    out = np.zeros((len(slices), *slices[0].shape) if slices else (0, 0, 0), dtype=np.int32)
+    for z, s in enumerate(slices):
+        if counts[z]:
+            out[z] = np.where(s > 0, new_id[parent[offsets[z] + s]], 0)
+    return out
 
 
 def compute_supervoxels(
@@ -179,24 +193,16 @@ def compute_supervoxels(
     reporter = ProgressReporter(image.shape[0] + 1, progress, cancel)
     reporter.check()
     slices: list[np.ndarray] = []
-    offset = 0
     for z in range(image.shape[0]):
         segments = np.zeros(image.shape[1:], dtype=np.int32)
         if body[z].any():
             raw = felzenszwalb(scaled[z], scale=p.scale, sigma=p.sigma, min_size=min_size, channel_axis=None)
-            raw = np.where(body[z], raw + 1, 0)
-            present, inverse = np.unique(raw, return_inverse=True)
-            renumbered = inverse.reshape(raw.shape).astype(np.int32)  # 0 stays 0 when present
-            if present[0] != 0:
-                renumbered += 1
-            segments = np.where(renumbered > 0, renumbered + offset, 0).astype(np.int32)
-            offset = max(offset, int(segments.max()))
+            segments = np.where(body[z], raw + 1, 0).astype(np.int32)  # segments outside the body dropped
         slices.append(segments)
         reporter.advance(message=f"supervoxels: slice {z + 1} of {image.shape[0]}")
-    new_id = _link_slices(slices, p.link_overlap)
-    labels = new_id[np.stack(slices)] if slices else np.zeros(image.shape, dtype=np.int32)
+    labels = _link_slices(slices, p.link_overlap) if slices else np.zeros(image.shape, dtype=np.int32)
     reporter.advance(message="supervoxels: slices linked")
-    return Supervoxels(labels.astype(np.int32), body, p)
+    return Supervoxels(labels, body, p)
 
 
 # ------------------------------------------------------------------------------------------ the cache

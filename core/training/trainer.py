@@ -215,8 +215,8 @@ def train(
         else list(config.test_classes)
     )
 
-    def preparing(p: Progress) -> None:  # reading the volumes (and computing supervoxels where missing)
-        if progress is not None and main:
+    def preparing(p: Progress) -> None:  # self-supervised: reading the volumes, computing supervoxels
+        if progress is not None and main and not labels_needed:
             progress(Progress(0, config.steps, p.message, p.elapsed_s, {"preparing": p.fraction}))
 
     volumes = load_training_volumes(

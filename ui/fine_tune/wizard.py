@@ -163,6 +163,7 @@ class FineTuneWizard(QtWidgets.QWizard):
             class_names={value: data.class_name(value) for value in classes},
             validation=[i for i, entry in enumerate(usable) if entry.validation],
             out=str(self.out_folder()),
+            self_supervised=data.self_supervised(),
             **self.settings_page.options(),
         )
         plan.validate()

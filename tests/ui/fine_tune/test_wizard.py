@@ -408,15 +408,21 @@ def test_the_data_list_is_there_again_when_the_wizard_is_reopened(
     wait_checked(qtbot, first)
     first.data_page.set_validation(first.data_page.entries[0], True)
     first.data_page.set_validation(first.data_page.entries[2], False)
+    first.data_page.set_self_supervised(True)  # and a volume without a label map
+    first.data_page.add_pair(images[1], "", name="unlabelled")
+    wait_checked(qtbot, first)
     settings.save(settings_file)
     gone = tmp_path / "gone.nii.gz"
     saved = AppSettings.load(settings_file)
+    assert saved.fine_tune_self_supervised
     saved.fine_tune_pairs.append({"image": str(gone), "label": str(gone), "name": "gone"})
     second = make_wizard(settings=saved, save_settings=False)
     wait_checked(qtbot, second)
     entries = second.data_page.entries
-    assert [e.pair.image for e in entries] == [str(p) for p in images]
-    assert [e.validation for e in entries] == [True, False, False]
+    assert second.data_page.self_supervised()
+    assert [e.pair.image for e in entries] == [*(str(p) for p in images), str(images[1])]
+    assert [e.validation for e in entries] == [True, False, False, False]
+    assert entries[-1].pair.label == "" and entries[-1].usable
 
 
 def test_self_supervised_volumes_without_labels(qtbot, make_wizard, tiny_base, chaos_dir, tmp_path):

@@ -23,7 +23,7 @@ from sd_fsmis.logs import log_file, setup_logging
 log = logging.getLogger("sd_fsmis.cli")
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("gui", "info", "dice", "segment", "evaluate", "train", "models")
+COMMAND_MODULES = ("gui", "info", "dice", "segment", "evaluate", "train", "supervoxels", "models")
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130

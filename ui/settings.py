@@ -48,6 +48,8 @@ class AppSettings:
     crosshair: bool = True
     #: the fine-tune wizard's data list: ``{"image", "label", "series_uid", "name", "origin", "validation"}``
     fine_tune_pairs: list[dict] = field(default_factory=list)
+    #: the fine-tune wizard's “My volumes have no labels (self-supervised)”
+    fine_tune_self_supervised: bool = False
 
     def add_recent(self, path: str | os.PathLike[str]) -> None:
         """Put ``path`` first in the recent list (no duplicates, at most :data:`MAX_RECENT`)."""
@@ -79,7 +81,7 @@ class AppSettings:
                         for v in value[:MAX_PAIRS]
                         if isinstance(v, dict)
                         and isinstance(v.get("image"), str)
-                        and isinstance(v.get("label"), str)
+                        and isinstance(v.get("label", ""), str)
                     ]
                 elif isinstance(default, list) and isinstance(value, list):
                     setattr(settings, f.name, [str(v) for v in value][:MAX_RECENT])

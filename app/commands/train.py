@@ -111,7 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also measure the validation Dice before training (step 0)",
     )
-    p.add_argument("--source", choices=["labels", "supervoxels"], help="labels (default) or supervoxels")
+    p.add_argument(
+        "--source",
+        choices=["labels", "supervoxels", "mixed"],
+        help="labels (default); supervoxels: self-supervised, computed and cached for volumes without "
+        "supervoxel files; mixed: labels where a volume has a label map, supervoxels elsewhere",
+    )
     p.add_argument("--shots", type=int, metavar="K", help="support slices per episode (default 1)")
     p.add_argument("--lr-unet", type=float, metavar="LR", help="U-Net learning rate (default 1e-5)")
     p.add_argument("--lr-mapper", type=float, metavar="LR", help="VTCT mapper learning rate (default 5e-5)")
@@ -163,10 +168,33 @@ def build_config(args: argparse.Namespace):
     ):
         if getattr(args, flag, False):
             data[key] = value
+    data.setdefault("supervoxel_cache", str(supervoxel_cache_dir()))
     data.setdefault("model", "")
     data.setdefault("data", "")
     data.setdefault("out", "")
     return TrainingConfig.from_dict(data)
+
+
+def supervoxel_cache_dir():
+    """The application's supervoxel cache (``<cache dir>/supervoxels``)."""
+    from sd_fsmis.paths import cache_dir
+
+    return cache_dir() / "supervoxels"
+
+
+def _prepare_supervoxels(config, cancel) -> None:
+    """Self-supervised runs: compute the missing supervoxels first, with their own progress bar."""
+    from sd_fsmis.core.io.datasets import FewShotDataset
+    from sd_fsmis.core.training.supervoxels import prepare_supervoxels, volumes_needing_supervoxels
+    from sd_fsmis.terminal import progress_bar
+
+    if config.source == "labels" or not config.supervoxel_cache:
+        return
+    dataset = FewShotDataset.open(config.data, require_labels=False)
+    ids = volumes_needing_supervoxels(dataset, None, config.source)
+    if ids:
+        with progress_bar("supervoxels", unit="volume") as bar:
+            prepare_supervoxels(dataset, ids, config.supervoxel_cache, progress=bar, cancel=cancel)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
+        _prepare_supervoxels(config, cancel)
         with progress_bar("train", unit="step") as bar:
 
             def progress(p: Progress) -> None:

@@ -12,6 +12,10 @@ or a manifest for a user's own data (DICOM folders/files or NIfTI; paths relativ
                     "cases": [{"id": 7, "image": "pat7/CT/", "series": "1.2.3...", "label": "pat7.nii.gz"}]}
     manifest.csv   id,image,label[,series][,supervoxels][,classes]   (classes like "1:liver;2:spleen")
 
+Self-supervised training (``sd-fsmis train --source supervoxels|mixed``) also takes volumes without a label
+map: ``FewShotDataset.open(path, require_labels=False)`` accepts an image without ``labels/label_<ID>`` (or
+a manifest row without "label"); such a case has ``label=None``.
+
 IDs are whole numbers and are sorted as integers (the literature's folds index that order); a manifest
 without ids numbers its cases 1..N in file order. Class names are known for the CHAOS layout (1 liver,
 2 right kidney, 3 left kidney, 4 spleen); other data get "Label N" unless names are given. Each label map
@@ -46,7 +50,8 @@ class Case:
 
     id: int
     image: Path
-    label: Path
+    #: None: an unlabelled volume (only opened with ``require_labels=False``)
+    label: Path | None
     supervoxels: Path | None = None
     #: the series to read when ``image`` is a DICOM folder holding several
     series_uid: str | None = None
@@ -65,19 +70,31 @@ class FewShotDataset:
 
     @classmethod
     def open(
-        cls, root: str | os.PathLike[str], class_names: Mapping[int, str] | None = None
+        cls,
+        root: str | os.PathLike[str],
+        class_names: Mapping[int, str] | None = None,
+        *,
+        require_labels: bool = True,
     ) -> FewShotDataset:
-        """Index ``root`` (a folder or a .json/.csv manifest); :class:`DatasetError` if it is unusable."""
+        """Index ``root`` (a folder or a .json/.csv manifest); :class:`DatasetError` if it is unusable.
+
+        ``require_labels=False``: volumes without a label map are accepted (``Case.label`` is None).
+        """
         root = Path(root)
         if not root.exists():
             raise DatasetError(f"{root}: no such data folder or manifest")
         if root.is_file() and root.suffix.lower() in (".json", ".csv"):
-            return _open_manifest(root, class_names)
+            return _open_manifest(root, class_names, require_labels)
         if not root.is_dir():
             raise DatasetError(f"{root}: not a folder (expected images/ and labels/ inside)")
         images, labels = root / "images", root / "labels"
-        if not images.is_dir() or not labels.is_dir():
+        if not images.is_dir():
             raise DatasetError(f"{root}: expected the sub-folders images/ and labels/ (as in CHAOS T2)")
+        if require_labels and not labels.is_dir():
+            raise DatasetError(
+                f"{root}: expected the sub-folders images/ and labels/ (as in CHAOS T2); volumes without "
+                "label maps are trained on self-supervised (--source supervoxels)"
+            )
         cases = []
         for path in images.iterdir():
             match = _IMAGE_RE.match(path.name)
@@ -85,9 +102,10 @@ class FewShotDataset:
                 continue
             case_id = int(match.group(1))
             label = _first_existing(labels, f"label_{match.group(1)}")
-            if label is None:
+            if label is None and require_labels:
                 raise DatasetError(
-                    f"{root}: {path.name} has no label map labels/label_{match.group(1)}.nii.gz"
+                    f"{root}: {path.name} has no label map labels/label_{match.group(1)}.nii.gz "
+                    "(volumes without label maps: --source supervoxels or mixed)"
                 )
             supervoxels = _first_existing(root / "supervoxels", f"supervoxel_{match.group(1)}")
             cases.append(Case(case_id, path, label, supervoxels))
@@ -111,6 +129,11 @@ class FewShotDataset:
                 return c
         raise DatasetError(f"{self.root}: no case with id {case_id}")
 
+    @property
+    def labelled_ids(self) -> list[int]:
+        """The ids of the cases with a label map."""
+        return [c.id for c in self.cases if c.label is not None]
+
     def class_name(self, label: int) -> str:
         return self.class_names.get(int(label), f"Label {int(label)}")
 
@@ -128,7 +151,9 @@ class FewShotDataset:
         return inputs
 
 
-def _open_manifest(path: Path, class_names: Mapping[int, str] | None) -> FewShotDataset:
+def _open_manifest(
+    path: Path, class_names: Mapping[int, str] | None, require_labels: bool = True
+) -> FewShotDataset:
     """Read a JSON or CSV manifest (see the module docstring)."""
     try:
         if path.suffix.lower() == ".json":
@@ -150,15 +175,18 @@ def _open_manifest(path: Path, class_names: Mapping[int, str] | None) -> FewShot
     base = path.parent
     cases = []
     for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or not row.get("image") or not row.get("label"):
+        if not isinstance(row, dict) or not row.get("image"):
+            raise DatasetError(f"{path}: case {number} needs an image path")
+        if require_labels and not row.get("label"):
             raise DatasetError(f"{path}: case {number} needs an image and a label path")
         try:
             case_id = int(row.get("id") or number)
         except (TypeError, ValueError):
             raise DatasetError(f"{path}: case {number}: id {row.get('id')!r} is not a whole number") from None
-        image, label = base / str(row["image"]), base / str(row["label"])
+        image = base / str(row["image"])
+        label = base / str(row["label"]) if row.get("label") else None
         for what, p in (("image", image), ("label map", label)):
-            if not p.exists():
+            if p is not None and not p.exists():
                 raise DatasetError(f"{path}: case {case_id}: the {what} {p} does not exist")
         supervoxels = base / str(row["supervoxels"]) if row.get("supervoxels") else None
         cases.append(Case(case_id, image, label, supervoxels, str(row.get("series") or "") or None))

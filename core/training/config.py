@@ -17,6 +17,8 @@ EXCLUSION_RULES = ("any", "all", "reference")
 EPISODE_MINIMUMS = ("every", "largest")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: where episodes take their classes from (:mod:`sd_fsmis.core.training.episodes`)
+SOURCES = ("labels", "supervoxels", "mixed")
 
 
 class TrainingConfigError(UserError):
@@ -42,8 +44,12 @@ class TrainingConfig:
     exclusion: str = "any"
     #: the held-out (test) classes of this model: {kidneys} = [2, 3] or {liver, spleen} = [1, 4]
     test_classes: list[int] = field(default_factory=lambda: [2, 3])
-    #: "labels" (annotation) or "supervoxels" (self-supervised pseudo-labels)
+    #: "labels" (annotation), "supervoxels" (self-supervised pseudo-labels: the data's supervoxel files, else
+    #: computed) or "mixed" (labels where a volume has a label map, supervoxels elsewhere)
     source: str = "labels"
+    #: folder where computed supervoxels are cached ("": computed again every run); the application gives
+    #: its cache folder
+    supervoxel_cache: str = ""
     #: training volumes (default: every volume outside the fold, or outside ``validation_ids``)
     train_ids: list[int] | None = None
     #: train only on these label values (default: every class except ``test_classes``)
@@ -180,8 +186,8 @@ class TrainingConfig:
                 "validation ids, not both",
             ),
             (
-                self.source in ("labels", "supervoxels"),
-                f"source must be labels or supervoxels, not {self.source!r}",
+                self.source in SOURCES,
+                f"source must be labels, supervoxels or mixed, not {self.source!r}",
             ),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.steps >= 1, "steps must be at least 1"),

@@ -16,7 +16,9 @@ Episode minimum: ``every`` (ours) needs each slice of the window to hold ``min_p
 ``largest`` (the reference) needs each to hold the class and only the largest of them ``min_pixels``.
 
 The self-supervised variant (``source="supervoxels"``) draws the "class" from the supervoxel pseudo-labels
-(``supervoxels/`` of a CHAOS-like folder) instead of the annotation.
+instead of the annotation: the data's own (``supervoxels/`` of a CHAOS-like folder, a manifest's
+"supervoxels") or, where a volume has none, computed by :mod:`sd_fsmis.core.training.supervoxels` (and kept
+in its cache). ``source="mixed"``: labels where a volume has a label map, supervoxels elsewhere.
 
 Sampling is deterministic for a seed: one ``numpy.random.Generator`` drives the choices (and the
 augmentation, when given); :meth:`EpisodeSampler.state_dict` / :meth:`load_state_dict` save and restore it.
@@ -24,6 +26,7 @@ augmentation, when given); :meth:`EpisodeSampler.state_dict` / :meth:`load_state
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,11 +35,12 @@ import numpy as np
 from sd_fsmis.core.engines.support import normalize_intensities
 from sd_fsmis.core.errors import UserError
 from sd_fsmis.core.io.datasets import CHAOS_CLASSES, FewShotDataset
+from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
 from sd_fsmis.core.training.augmentation import AugmentationConfig, augment_episode_slices
 
 SETTINGS = (1, 2)
 EXCLUSION_RULES = ("any", "all", "reference")
-SOURCES = ("labels", "supervoxels")
+SOURCES = ("labels", "supervoxels", "mixed")
 #: the reference's minimum number of foreground pixels per episode slice
 MIN_PIXELS = 200
 #: which slices of a window need ``min_pixels``: "every" one (ours) or the "largest" only (the reference)
@@ -59,6 +63,8 @@ class TrainingVolume:
     labels: np.ndarray  # [Z, H, W] integer classes (or supervoxel ids), 0 = background
     #: the annotation, when ``labels`` holds pseudo-labels (used for Setting 2's slice removal)
     annotation: np.ndarray | None = None
+    #: ``labels`` holds supervoxel ids (pseudo-labels), not classes
+    pseudo: bool = False
 
     def __post_init__(self) -> None:
         if self.image.shape != self.labels.shape:
@@ -82,32 +88,66 @@ class Episode:
 
 
 def load_training_volumes(
-    dataset: FewShotDataset, ids: Sequence[int], *, source: str = "labels"
+    dataset: FewShotDataset,
+    ids: Sequence[int],
+    *,
+    source: str = "labels",
+    supervoxel_cache: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> list[TrainingVolume]:
-    """Read the volumes ``ids`` of ``dataset`` (normalised as for inference) with their label maps."""
+    """Read the volumes ``ids`` of ``dataset`` (normalised as for inference) with their label maps.
+
+    ``source``: "labels", "supervoxels" (the data's supervoxel files, else computed and cached in
+    ``supervoxel_cache``) or "mixed" (labels where present, supervoxels elsewhere). Progress is reported per
+    volume (and per slice while supervoxels are computed); ``cancel`` is checked in between.
+    """
     from sd_fsmis.core.io.labelmap import LabelMap
     from sd_fsmis.core.io.loader import load_volume
 
     if source not in SOURCES:
-        raise EpisodeError(f"unknown episode source '{source}' (choose labels or supervoxels)")
+        raise EpisodeError(f"unknown episode source '{source}' (choose labels, supervoxels or mixed)")
     out = []
-    for case_id in ids:
+    report = progress or (lambda p: None)
+    for n, case_id in enumerate(ids):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
         case = dataset.case(case_id)
         volume = load_volume(case.image, case.series_uid)
-        # a label map on another grid is refused with a message naming every difference
-        annotation = np.asarray(
-            LabelMap.load(case.label, like=volume.geometry, labels=dataset.class_names).array
-        )
+        annotation = None
+        if case.label is not None:
+            # a label map on another grid is refused with a message naming every difference
+            annotation = np.asarray(
+                LabelMap.load(case.label, like=volume.geometry, labels=dataset.class_names).array
+            )
+        elif source == "labels":
+            raise EpisodeError(f"volume {case_id} has no label map (train it with --source supervoxels)")
         image = normalize_intensities(volume.array)
-        if source == "supervoxels":
-            if case.supervoxels is None:
-                raise EpisodeError(f"volume {case_id} has no supervoxels/supervoxel_{case_id}.nii.gz")
+        if source == "labels" or (source == "mixed" and annotation is not None):
+            out.append(TrainingVolume(case_id, image, annotation.astype(np.int64)))
+        elif case.supervoxels is not None:
             pseudo = np.asarray(load_volume(case.supervoxels).array).round().astype(np.int64)
             if pseudo.shape != image.shape:
                 raise EpisodeError(f"volume {case_id}: supervoxels {pseudo.shape} vs image {image.shape}")
-            out.append(TrainingVolume(case_id, image, pseudo, annotation))
+            out.append(TrainingVolume(case_id, image, pseudo, annotation, pseudo=True))
         else:
-            out.append(TrainingVolume(case_id, image, annotation.astype(np.int64)))
+            from sd_fsmis.core.training.supervoxels import cached_supervoxels
+
+            def per_slice(p: Progress, n: int = n, case_id: int = case_id) -> None:
+                report(
+                    Progress(
+                        n + p.fraction,
+                        len(ids),
+                        f"supervoxels of volume {case_id}: {p.message.split(': ', 1)[-1]}",
+                        p.elapsed_s,
+                        {"volume": case_id},
+                    )
+                )
+
+            computed = cached_supervoxels(volume, supervoxel_cache, progress=per_slice, cancel=cancel)
+            labels = computed.labels.astype(np.int64)
+            out.append(TrainingVolume(case_id, image, labels, annotation, pseudo=True))
+        report(Progress(n + 1, len(ids), f"volume {case_id} read", 0.0, {"volume": case_id}))
     return out
 
 
@@ -220,13 +260,13 @@ class EpisodeSampler:
         self.windows: list[dict[int, list[int]]] = []
         allowed = None if classes is None else {int(c) for c in classes}
         for vol in self.volumes:
-            annotation = vol.annotation if vol.annotation is not None else vol.labels
+            pseudo = vol.pseudo or vol.annotation is not None
+            annotation = vol.annotation if pseudo else vol.labels
             removed = (
                 excluded_slices(annotation, self.test_classes, exclusion, reference_classes)
-                if self.setting == 2
+                if self.setting == 2 and annotation is not None
                 else np.zeros(vol.labels.shape[0], dtype=bool)
             )
-            pseudo = vol.annotation is not None
             present, counts = _slice_counts(vol.labels)
             per_class: dict[int, list[int]] = {}
             for j, c in enumerate(present):

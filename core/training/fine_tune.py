@@ -90,6 +90,19 @@ class FineTunePlan:
     checkpoint_every: int = 100
     validate_every: int = 250
     seed: int = 42
+    #: "My volumes have no labels": training episodes from supervoxels (computed and cached); label maps,
+    #: where volumes have them, serve the validation Dice only
+    self_supervised: bool = False
+
+    @property
+    def labelled_validation(self) -> list[int]:
+        """The held-out volumes with a label map (those a Dice can be measured on)."""
+        return [i for i in self.validation if 0 <= int(i) < len(self.pairs) and self.pairs[int(i)].label]
+
+    @property
+    def measures_dice(self) -> bool:
+        """Whether the run gives a validation Dice (a held-out volume with a label map)."""
+        return bool(self.labelled_validation)
 
     @property
     def training_indices(self) -> list[int]:
@@ -101,8 +114,15 @@ class FineTunePlan:
         if not self.base_model:
             raise FineTuneError("choose a model to start from")
         if not self.pairs:
-            raise FineTuneError("add at least one volume with its label map")
-        if not self.classes:
+            raise FineTuneError(
+                "add at least one volume" + ("" if self.self_supervised else " with its label map")
+            )
+        unlabelled = [p.display_name for p in self.pairs if not p.label]
+        if unlabelled and not self.self_supervised:
+            raise FineTuneError(
+                f"{unlabelled[0]} has no label map: train self-supervised (supervoxels) or add its label map"
+            )
+        if not self.classes and not self.self_supervised:
             raise FineTuneError("choose at least one class to train on")
         if any(int(c) < 1 for c in self.classes):
             raise FineTuneError("classes are label values 1 and above (0 is the background)")
@@ -128,18 +148,24 @@ class FineTunePlan:
                 "no volume is held out: nothing is validated, so there is no Dice before / after "
                 "fine-tuning and the last model is the result"
             ]
+        if not self.measures_dice:
+            return [
+                "no held-out volume has a label map: no Dice can be measured; the held-out episode loss "
+                "(on their supervoxels) is shown instead, and the last model is the result"
+            ]
         return []
 
     def _config(self) -> TrainingConfig:
         out = Path(self.out).expanduser()
         validating = bool(self.validation)
+        dice = self.measures_dice
         return TrainingConfig(
             model=self.base_model,
             data=str(out / MANIFEST_FILE),
             out=str(out),
             train_ids=[i + 1 for i in self.training_indices],
             validation_ids=sorted(i + 1 for i in self.validation),
-            classes=sorted({int(c) for c in self.classes}),
+            classes=sorted({int(c) for c in self.classes}) or None,
             class_names={int(k): str(v) for k, v in self.class_names.items()} or None,
             test_classes=[],
             shots=self.shots,
@@ -156,10 +182,15 @@ class FineTunePlan:
             gradient_checkpointing=self.gradient_checkpointing,
             checkpoint_every=self.checkpoint_every,
             validate_every=self.validate_every if validating else 0,
-            dice_validation=validating,
-            validate_before=validating,
+            dice_validation=dice,
+            validate_before=dice,
             heldout_episodes=HELDOUT_EPISODES if validating else 0,
             seed=self.seed,
+            **(
+                {"source": "supervoxels", "supervoxel_cache": str(supervoxel_cache_dir())}
+                if self.self_supervised
+                else {}
+            ),
         )
 
     def training_config(self) -> TrainingConfig:
@@ -255,6 +286,13 @@ def fine_tune(
     plan.save(Path(config.out) / PLAN_FILE)
     config.resume = bool(resume)
     return train(config, progress=progress, cancel=cancel)
+
+
+def supervoxel_cache_dir() -> Path:
+    """Where computed supervoxels are kept (the application's cache folder)."""
+    from sd_fsmis.paths import cache_dir
+
+    return cache_dir() / "supervoxels"
 
 
 def runs_dir() -> Path:

@@ -38,7 +38,8 @@ ANISOTROPY = 0.05
 # ------------------------------------------------------------------------------------------ pairs
 @dataclass
 class TrainingPair:
-    """A volume (file or folder; ``series_uid`` picks a series of a DICOM folder) and its label map."""
+    """A volume (file or folder; ``series_uid`` picks a series of a DICOM folder) and its label map
+    (``label=""``: an unlabelled volume, for self-supervised fine-tuning)."""
 
     image: str
     label: str
@@ -55,11 +56,11 @@ class TrainingPair:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingPair:
-        if not isinstance(data, Mapping) or not data.get("image") or not data.get("label"):
-            raise FineTuneError("a training pair needs an image and a label path")
+        if not isinstance(data, Mapping) or not data.get("image"):
+            raise FineTuneError("a training pair needs an image path")
         return cls(
             image=str(data["image"]),
-            label=str(data["label"]),
+            label=str(data.get("label") or ""),
             series_uid=str(data["series_uid"]) if data.get("series_uid") else None,
             name=str(data.get("name") or ""),
         )
@@ -130,6 +131,9 @@ def check_pair(
             )
     if cancel is not None:
         cancel.raise_if_cancelled()
+    if not pair.label:  # an unlabelled volume: usable for self-supervised training (supervoxels)
+        result.ok = not result.problems
+        return result
     try:
         label_map = LabelMap.load(pair.label)
     except JobCancelled:
@@ -215,13 +219,17 @@ def save_study_pair(volume: Any, label_map: Any, folder: str | os.PathLike[str],
     return TrainingPair(image=str(image_path), label=str(label_path), name=str(name) or stem)
 
 
-def pairs_from_dataset(path: str | os.PathLike[str]) -> tuple[list[TrainingPair], dict[int, str]]:
-    """The pairs of a CHAOS-like folder (images/, labels/) or a .json/.csv manifest, and its class names."""
+def pairs_from_dataset(
+    path: str | os.PathLike[str], *, require_labels: bool = True
+) -> tuple[list[TrainingPair], dict[int, str]]:
+    """The pairs of a CHAOS-like folder (images/, labels/) or a .json/.csv manifest, and its class names.
+
+    ``require_labels=False``: images without a label map come as pairs with ``label=""``."""
     from sd_fsmis.core.io.datasets import FewShotDataset
 
-    dataset = FewShotDataset.open(path)
+    dataset = FewShotDataset.open(path, require_labels=require_labels)
     pairs = [
-        TrainingPair(str(c.image), str(c.label), c.series_uid, name=f"{Path(path).name} {c.id}")
+        TrainingPair(str(c.image), str(c.label or ""), c.series_uid, name=f"{Path(path).name} {c.id}")
         for c in dataset.cases
     ]
     return pairs, dict(dataset.class_names)
@@ -236,9 +244,10 @@ def write_manifest(
         row: dict[str, Any] = {
             "id": number,
             "image": str(Path(pair.image).expanduser().resolve()),
-            "label": str(Path(pair.label).expanduser().resolve()),
             "name": pair.display_name,
         }
+        if pair.label:  # an unlabelled volume has none (self-supervised training)
+            row["label"] = str(Path(pair.label).expanduser().resolve())
         if pair.series_uid:
             row["series"] = pair.series_uid
         cases.append(row)

@@ -184,7 +184,10 @@ def train(
     _fresh_accelerate_state()
     out = Path(config.out).expanduser().resolve()
     # before any work: the run folder must be writable and hold none of the data it trains on
-    check_destination_folder(out, FewShotDataset.open(config.data).inputs(), option="--out")
+    labels_needed = config.source == "labels"  # self-supervised data may hold unlabelled volumes
+    check_destination_folder(
+        out, FewShotDataset.open(config.data, require_labels=labels_needed).inputs(), option="--out"
+    )
     device_name = (config.device or "auto").lower()
     wanted = select_device(device_name)  # DeviceError with one line when missing
     accelerator = Accelerator(
@@ -200,7 +203,7 @@ def train(
         atomic_write_text(out / "training_config.json", config.to_json())
 
     # -- data --------------------------------------------------------------------------------------------
-    dataset = FewShotDataset.open(config.data)
+    dataset = FewShotDataset.open(config.data, require_labels=labels_needed)
     if config.class_names:
         dataset.class_names.update(config.class_names)
     study_validation = config.validation_ids is not None  # explicit held-out volumes, no fold
@@ -232,17 +235,33 @@ def train(
         raise TrainingConfigError(f"volume(s) {overlap} cannot be both training and validation volumes")
     if not train_ids:
         raise TrainingConfigError("no training volume is left once the validation volumes are held out")
-    validate_dice = config.dice_validation and bool(held_out_ids)  # no held-out volume: nothing to score
+    # Dice needs label maps: the labelled held-out volumes only (the others give the held-out loss)
+    scored_ids = [i for i in held_out_ids if i in set(dataset.labelled_ids)]
+    validate_dice = config.dice_validation and bool(scored_ids)
+    if config.dice_validation and held_out_ids and not validate_dice:
+        log.warning("no Dice can be measured: no held-out volume has a label map (held-out loss only)")
     validation_labels: list[int] = []
     if validate_dice:
-        validation_labels = _study_validation_labels(dataset, held_out_ids, config.classes)
+        validation_labels = _study_validation_labels(dataset, scored_ids, config.classes)
         if not study_validation:  # the training classes only: the test classes stay unseen
             validation_labels = [c for c in validation_labels if c not in config.test_classes]
             if not validation_labels:
                 raise TrainingConfigError(
-                    f"the validation volumes {held_out_ids} hold no training class to validate on"
+                    f"the validation volumes {scored_ids} hold no training class to validate on"
                 )
-    volumes = load_training_volumes(dataset, train_ids, source=config.source)
+
+    def preparing(p: Progress) -> None:  # self-supervised: reading the volumes, computing supervoxels
+        if progress is not None and main and not labels_needed:
+            progress(Progress(0, config.steps, p.message, p.elapsed_s, {"preparing": p.fraction}))
+
+    volumes = load_training_volumes(
+        dataset,
+        train_ids,
+        source=config.source,
+        supervoxel_cache=config.supervoxel_cache or None,
+        progress=preparing,
+        cancel=cancel,
+    )
     sampler = EpisodeSampler(
         volumes,
         shots=config.shots,
@@ -260,7 +279,8 @@ def train(
             else None
         ),
     )
-    trained_classes = [dataset.class_name(c) for c in sampler.classes] if config.source == "labels" else []
+    labelled_classes = {c for v, w in zip(volumes, sampler.windows, strict=True) if not v.pseudo for c in w}
+    trained_classes = [dataset.class_name(c) for c in sorted(labelled_classes)]
 
     # -- model -------------------------------------------------------------------------------------------
     base_dir = resolve_model(config.model)
@@ -339,7 +359,14 @@ def train(
     if config.heldout_episodes > 0 and main and held_out_ids:
         from sd_fsmis.core.training.episodes import EpisodeError
 
-        ho_volumes = load_training_volumes(dataset, held_out_ids)
+        ho_volumes = load_training_volumes(
+            dataset,
+            held_out_ids,
+            source="labels" if labels_needed else "mixed",  # unlabelled held-out volumes: supervoxels
+            supervoxel_cache=config.supervoxel_cache or None,
+            progress=preparing,
+            cancel=cancel,
+        )
         try:
             ho_sampler = EpisodeSampler(
                 ho_volumes,
@@ -370,13 +397,17 @@ def train(
             },
             "heldout_loss": {str(k): v for k, v in heldout.items()},
         }
+        if config.source != "labels":  # how the pseudo-labels were made (those the data did not bring)
+            from sd_fsmis.core.training.supervoxels import SupervoxelParameters
+
+            extra["supervoxels"] = SupervoxelParameters().to_dict()
         if dice is not None:
             extra["best_dice"] = dice
         elif best_dice is not None:
             extra["best_dice"] = best_dice
         # what chose "best" (never the test fold), for evaluate to say which model it reports
         extra["model_selection"] = {
-            "validation_volumes": list(held_out_ids) if validate_dice else [],
+            "validation_volumes": list(scored_ids) if validate_dice else [],
             "test_volumes": list(test_ids),
             "protocol": "study" if validate_dice else None,
             "classes": list(validation_labels),
@@ -496,7 +527,7 @@ def train(
                     dataset,
                     engine,
                     protocol="study",
-                    ids=held_out_ids,
+                    ids=scored_ids,
                     labels=validation_labels,
                     shots=config.shots,
                     surface=False,

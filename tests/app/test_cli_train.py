@@ -8,6 +8,7 @@ import json
 import pytest
 
 from sd_fsmis.commands import train as train_command
+from sd_fsmis.core.io.datasets import DatasetError
 from sd_fsmis.core.model.config import ModelConfig
 from sd_fsmis.core.model.create import create_preset_model
 from sd_fsmis.core.training.config import TrainingConfigError
@@ -116,3 +117,52 @@ def test_the_run_folder_is_checked_before_the_work(chaos_dir, tmp_path):
     with pytest.raises(OutputError, match="refusing to write over an input"):
         train_command.run(parse([*argv, "--out", str(image), "--steps", "1"]))
     assert not (tmp_path / "missing").exists()
+
+
+def _unlabelled_folder(chaos_dir, tmp_path, ids):
+    """A CHAOS-like folder of links to CHAOS images, without labels/ or supervoxels/ (read in place)."""
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    for i in ids:
+        (folder / "images" / f"image_{i}.nii.gz").symlink_to(chaos_dir / "images" / f"image_{i}.nii.gz")
+    return folder
+
+
+def test_source_supervoxels_computes_them_on_a_folder_without_supervoxel_files(
+    chaos_dir, tmp_path, capsys, isolated_app_home
+):
+    base = create_preset_model("tiny", out=tmp_path / "base", seed=0)
+    data = _unlabelled_folder(chaos_dir, tmp_path, [2, 5])
+    argv = ["--model", str(base), "--data", str(data), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    argv += ["--steps", "2", "--accumulation", "1", "--heldout-episodes", "2", "--validate-every", "0"]
+    argv += ["--validation-ids", "5", "--source", "supervoxels"]
+    assert train_command.run(parse(argv)) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out and "held-out loss" in out and "validation Dice" not in out
+    assert len(list((isolated_app_home / "cache" / "supervoxels").glob("*.npz"))) == 2
+    assert not any(p.name != "images" for p in data.iterdir())  # nothing written into the data folder
+    saved = ModelConfig.load(tmp_path / "run" / "model")
+    assert saved.training.extra["supervoxels"]["method"] == "felzenszwalb-2d-linked"
+    assert saved.training.extra["training_config"]["source"] == "supervoxels"
+    with pytest.raises(DatasetError, match="--source supervoxels"):  # labels asked for, none there
+        train_command.run(parse([*argv[:-2], "--out", str(tmp_path / "run2")]))
+
+
+def test_source_mixed_uses_labels_where_present_and_scores_them(chaos_dir, tmp_path, capsys):
+    base = create_preset_model("tiny", out=tmp_path / "base", seed=0)
+    manifest = tmp_path / "data.json"
+    cases = [
+        {"id": 1, "image": str(chaos_dir / "images" / "image_2.nii.gz")},
+        {
+            "id": 2,
+            "image": str(chaos_dir / "images" / "image_5.nii.gz"),
+            "label": str(chaos_dir / "labels" / "label_5.nii.gz"),
+        },
+    ]
+    manifest.write_text(json.dumps({"classes": {"1": "liver"}, "cases": cases}))
+    argv = ["--model", str(base), "--data", str(manifest), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    argv += ["--steps", "1", "--accumulation", "1", "--heldout-episodes", "1", "--validate-every", "0"]
+    argv += ["--validation-ids", "2", "--classes", "1", "--source", "mixed"]
+    assert train_command.run(parse(argv)) == 0
+    out = capsys.readouterr().out
+    assert "validation Dice (study protocol, volumes 2) at step 1:" in out and "(liver " in out

@@ -94,6 +94,43 @@ def check_training_pair(
     return check_pair(pair, shots=shots, cancel=cancel), sidecar_names(pair.label)
 
 
+def supervoxel_preview(
+    image: str, series_uid: str | None, *, progress: ProgressCallback, cancel: CancelToken
+) -> tuple[Any, str]:
+    """Job: the supervoxels of a volume (computed, or from the application's cache) drawn on its middle
+    body slice: an RGB array ``[H, W, 3]`` uint8 and a caption."""
+    import time
+
+    import numpy as np
+    from skimage.segmentation import find_boundaries
+
+    from sd_fsmis.core.io.loader import load_volume
+    from sd_fsmis.core.training.fine_tune import supervoxel_cache_dir
+    from sd_fsmis.core.training.supervoxels import cached_supervoxels
+
+    volume = load_volume(image, series_uid, cancel=cancel)
+    start = time.perf_counter()
+    result = cached_supervoxels(volume, supervoxel_cache_dir(), progress=progress, cancel=cancel)
+    seconds = time.perf_counter() - start
+    body = np.flatnonzero(result.foreground.any(axis=(1, 2)))
+    z = int(body[len(body) // 2]) if len(body) else volume.shape[0] // 2
+    plane = np.asarray(volume.array[z], dtype=np.float32)
+    lo, hi = np.percentile(plane, [1, 99]) if plane.size else (0.0, 1.0)
+    grey = np.clip((plane - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    labels = result.labels[z]
+    colours = np.random.default_rng(0).integers(40, 256, size=(int(labels.max()) + 1, 3)) / 255.0
+    inside = labels > 0
+    rgb[inside] = 0.6 * rgb[inside] + 0.4 * colours[labels[inside]]
+    rgb[find_boundaries(labels, mode="inner") & inside] = (1.0, 0.85, 0.1)
+    how = "from the cache" if result.from_cache else f"computed in {seconds:.1f} s"
+    caption = (
+        f"Slice {z + 1} of {volume.shape[0]}: {len(np.unique(labels[inside]))} supervoxels here, "
+        f"{result.count} in the volume ({how}); outside the body: none"
+    )
+    return (rgb * 255).astype(np.uint8), caption
+
+
 def save_study_pairs(
     items: list[tuple[Any, Any, str]], folder: Path, *, progress: ProgressCallback, cancel: CancelToken
 ) -> list[TrainingPair]:
@@ -233,20 +270,29 @@ class PairEntry:
     error: str = ""
     #: where the pair came from ("files", "dataset", "study")
     origin: str = "files"
+    #: a label map is required (the data page is not in self-supervised mode)
+    needs_label: bool = True
 
     @property
     def checking(self) -> bool:
         return self.check is None and not self.error
 
     @property
+    def missing_label(self) -> bool:
+        return self.needs_label and not self.pair.label
+
+    @property
     def usable(self) -> bool:
-        return self.check is not None and bool(self.check.ok)
+        return self.check is not None and bool(self.check.ok) and not self.missing_label
 
     @property
     def problems(self) -> list[str]:
         if self.error:
             return [self.error]
-        return list(self.check.problems) if self.check is not None else []
+        problems = list(self.check.problems) if self.check is not None else []
+        if self.missing_label:
+            problems.append("no label map: tick “My volumes have no labels” to train on it self-supervised")
+        return problems
 
     @property
     def warnings(self) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Qt
 
 from sd_fsmis.ui.fine_tune.common import (
@@ -28,6 +28,7 @@ from sd_fsmis.ui.fine_tune.common import (
     plural,
     save_study_pairs,
     standard_icon,
+    supervoxel_preview,
 )
 from sd_fsmis.ui.workers.job_worker import JobWorker, qt_alive
 
@@ -42,14 +43,23 @@ class AddPairDialog(QtWidgets.QDialog):
     IMAGE_FILTER = "Images (*.nii.gz *.nii *.dcm *.nrrd *.mha *.mhd DICOMDIR);;All files (*)"
     LABEL_FILTER = "Label maps (*.nii.gz *.nii *.dcm *.nrrd *.mha *.mhd);;All files (*)"
 
-    def __init__(self, parent: QtWidgets.QWidget | None = None, folder: str = "") -> None:
+    def __init__(
+        self, parent: QtWidgets.QWidget | None = None, folder: str = "", label_optional: bool = False
+    ) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Add an image and its label map")
+        self.label_optional = label_optional
+        self.setWindowTitle(
+            "Add an image" + (" (and a label map if it has one)" if label_optional else " and its label map")
+        )
         self._folder = folder
         self.image_edit = QtWidgets.QLineEdit()
         self.image_edit.setPlaceholderText("DICOM folder, DICOM file or NIfTI file")
         self.label_edit = QtWidgets.QLineEdit()
-        self.label_edit.setPlaceholderText("NIfTI label map (0 background, 1, 2… the structures)")
+        self.label_edit.setPlaceholderText(
+            "optional: a label map lets this volume measure the Dice (hold it out)"
+            if label_optional
+            else "NIfTI label map (0 background, 1, 2… the structures)"
+        )
         self.name_edit = QtWidgets.QLineEdit()
         self.name_edit.setPlaceholderText("from the image's file name")
         form = QtWidgets.QFormLayout()
@@ -101,7 +111,7 @@ class AddPairDialog(QtWidgets.QDialog):
             self._folder = path
 
     def _update(self) -> None:
-        ok = bool(self.image_edit.text().strip() and self.label_edit.text().strip())
+        ok = bool(self.image_edit.text().strip() and (self.label_optional or self.label_edit.text().strip()))
         self.buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok).setEnabled(ok)
 
 
@@ -109,16 +119,24 @@ class DataPage(WizardPage):
     """Volumes with their label maps, checked one by one in a worker; classes; held-out volumes."""
 
     COLUMNS = ("Validation", "Name", "Image", "Label map", "Size", "Classes (slices)", "Status")
+    TITLE = "Your annotated volumes"
+    SUBTITLE = (
+        "Add volumes with their label maps (0 = background, 1, 2… = structures). Each pair is checked; "
+        "tick “Validation” for the volumes to hold out: they are not trained on and give the Dice "
+        "before and after."
+    )
+    SELF_SUPERVISED_TITLE = "Your volumes (self-supervised)"
+    SELF_SUPERVISED_SUBTITLE = (
+        "Add volumes; no label map is needed. The model learns from supervoxels (regions of similar "
+        "intensity inside the body, computed here and cached). A volume that has a label map can be held "
+        "out (“Validation”) to measure the Dice; without one, the held-out episode loss is shown instead."
+    )
     COL_VALIDATION, COL_NAME, COL_IMAGE, COL_LABEL, COL_SIZE, COL_CLASSES, COL_STATUS = range(7)
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setTitle("Your annotated volumes")
-        self.setSubTitle(
-            "Add volumes with their label maps (0 = background, 1, 2… = structures). Each pair is checked; "
-            "tick “Validation” for the volumes to hold out: they are not trained on and give the Dice "
-            "before and after."
-        )
+        self.setTitle(self.TITLE)
+        self.setSubTitle(self.SUBTITLE)
         self.entries: list[PairEntry] = []
         self._queue: list[PairEntry] = []
         self._check_worker: JobWorker | None = None
@@ -129,6 +147,15 @@ class DataPage(WizardPage):
         self._unchecked_classes: set[int] = set()
         self._filling = False
         self.last_folder = ""
+        self._preview_worker: JobWorker | None = None
+        self._preview_for: tuple[str, str | None] | None = None
+
+        self.self_supervised_box = QtWidgets.QCheckBox("My volumes have no labels (self-supervised)")
+        self.self_supervised_box.setToolTip(
+            "Train on supervoxels instead of label maps, as the self-supervised few-shot methods do "
+            "(SSL-ALPNet): Felzenszwalb regions of each slice inside the body, linked across slices"
+        )
+        self.self_supervised_box.toggled.connect(self._mode_changed)
 
         self.table = QtWidgets.QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
@@ -182,6 +209,17 @@ class DataPage(WizardPage):
         buttons.addStretch(1)
         buttons.addWidget(self.remove_button)
 
+        self.preview_box = QtWidgets.QGroupBox("Supervoxels (the classes the model learns from)")
+        self.preview_image = QtWidgets.QLabel()
+        self.preview_image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview_image.setMinimumSize(180, 180)
+        self.preview_caption = QtWidgets.QLabel("Add a volume to see its supervoxels.")
+        self.preview_caption.setWordWrap(True)
+        preview_layout = QtWidgets.QVBoxLayout(self.preview_box)
+        preview_layout.addWidget(self.preview_image, 1)
+        preview_layout.addWidget(self.preview_caption)
+        self.preview_box.setVisible(False)
+
         self.classes_box = QtWidgets.QGroupBox("Classes to train on")
         self.classes_layout = QtWidgets.QVBoxLayout(self.classes_box)
         self.no_classes = QtWidgets.QLabel("The label values found in the usable pairs appear here.")
@@ -192,6 +230,7 @@ class DataPage(WizardPage):
         self.error = error_label()
 
         bottom = QtWidgets.QHBoxLayout()
+        bottom.addWidget(self.preview_box, 1)
         bottom.addWidget(self.classes_box, 1)
         right = QtWidgets.QVBoxLayout()
         right.addWidget(self.summary)
@@ -200,6 +239,7 @@ class DataPage(WizardPage):
         bottom.addLayout(right, 1)
 
         layout = QtWidgets.QVBoxLayout(self)
+        layout.addWidget(self.self_supervised_box)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.details)
         layout.addLayout(buttons)
@@ -214,7 +254,7 @@ class DataPage(WizardPage):
         from sd_fsmis.core.training.pairs import TrainingPair
 
         name = name or pair_name(Path(image))
-        pair = TrainingPair(str(image), str(label), series_uid=series_uid, name=name)
+        pair = TrainingPair(str(image), str(label) if label else "", series_uid=series_uid, name=name)
         return self._add(PairEntry(pair))
 
     def add_dataset(self, path: str | Path) -> list[PairEntry]:
@@ -223,7 +263,7 @@ class DataPage(WizardPage):
         from sd_fsmis.core.training.pairs import pairs_from_dataset
 
         try:
-            pairs, names = pairs_from_dataset(path)
+            pairs, names = pairs_from_dataset(path, require_labels=not self.self_supervised())
         except UserError as exc:
             self.error.setText(str(exc))
             return []
@@ -233,11 +273,11 @@ class DataPage(WizardPage):
         return [self._add(PairEntry(pair, origin="dataset")) for pair in pairs]
 
     def add_pair_dialog(self) -> None:
-        dialog = AddPairDialog(self, self.last_folder)
+        dialog = AddPairDialog(self, self.last_folder, label_optional=self.self_supervised())
         if dialog.exec() != QtWidgets.QDialog.DialogCode.Accepted:
             return
         image, label = dialog.image_edit.text().strip(), dialog.label_edit.text().strip()
-        self.last_folder = str(Path(label).parent)
+        self.last_folder = str(Path(label or image).parent)
         self.add_pair(image, label, dialog.name_edit.text().strip())
 
     def add_folder_dialog(self) -> None:
@@ -310,6 +350,7 @@ class DataPage(WizardPage):
             self._add(PairEntry(pair, origin="study"))
 
     def _add(self, entry: PairEntry) -> PairEntry:
+        entry.needs_label = not self.self_supervised()
         self.entries.append(entry)
         self._queue.append(entry)
         self._refill()
@@ -370,7 +411,7 @@ class DataPage(WizardPage):
     def shutdown(self) -> None:
         """Stop the checks (the wizard closes)."""
         self._queue.clear()
-        for worker in (self._check_worker, self._save_worker):
+        for worker in (self._check_worker, self._save_worker, self._preview_worker):
             if worker is not None and worker.is_running():
                 worker.shutdown()
 
@@ -380,7 +421,8 @@ class DataPage(WizardPage):
         for entry in self.entries:
             entry.validation = False
         if len(usable) >= 3:
-            usable[-1].validation = True
+            labelled = [e for e in usable if e.pair.label]  # self-supervised: one that can give a Dice
+            (labelled or usable)[-1].validation = True
 
     # -- the table
     def restore_pairs(self, saved: list[dict]) -> int:
@@ -390,8 +432,8 @@ class DataPage(WizardPage):
 
         restored = 0
         for item in saved:
-            image, label = item.get("image"), item.get("label")
-            if not image or not label or not (Path(image).exists() and Path(label).exists()):
+            image, label = item.get("image"), item.get("label") or ""
+            if not image or not Path(image).exists() or (label and not Path(label).exists()):
                 continue
             pair = TrainingPair(image, label, series_uid=item.get("series_uid"), name=item.get("name") or "")
             entry = PairEntry(
@@ -434,6 +476,7 @@ class DataPage(WizardPage):
         self._update_summary()
         self._update_buttons()
         self._show_details()
+        self._update_preview()
         self.completeChanged.emit()
 
     def details_entry(self) -> PairEntry | None:
@@ -467,12 +510,17 @@ class DataPage(WizardPage):
             flags |= Qt.ItemFlag.ItemIsUserCheckable
         hold.setFlags(flags)
         hold.setCheckState(Qt.CheckState.Checked if entry.validation else Qt.CheckState.Unchecked)
-        hold.setToolTip("Hold this volume out: not trained on, used for the Dice before and after")
+        hold.setToolTip(
+            "Hold this volume out: not trained on, used for the Dice before and after"
+            if pair.label
+            else "Hold this volume out: not trained on; without a label map it gives the held-out episode "
+            "loss (on its supervoxels), not a Dice"
+        )
         self.table.setItem(row, self.COL_VALIDATION, hold)
         items = {
             self.COL_NAME: (pair.name, f"{pair.image}\n{pair.label}"),
             self.COL_IMAGE: (Path(pair.image).name, str(pair.image)),
-            self.COL_LABEL: (Path(pair.label).name, str(pair.label)),
+            self.COL_LABEL: (Path(pair.label).name, str(pair.label)) if pair.label else ("—", "no label map"),
         }
         size = ""
         classes = ""
@@ -561,6 +609,12 @@ class DataPage(WizardPage):
                 box.toggled.connect(lambda on, v=value: self._class_toggled(v, on))
                 self._class_boxes[value] = box
                 self.classes_layout.addWidget(box)
+            if self.self_supervised():  # labels serve the validation Dice only
+                text = f"{self.class_name(value)} (value {value}): {plural(held, 'held-out volume')}"
+                box.setText(text)
+                box.setEnabled(held > 0)
+                box.setToolTip("" if held else "No held-out volume holds this class: it cannot be scored")
+                continue
             text = f"{self.class_name(value)} (value {value}): {plural(train, 'training volume')}"
             if held:
                 text += f", {held} for validation"
@@ -586,10 +640,10 @@ class DataPage(WizardPage):
 
     # -- the result of the page
     def chosen_classes(self) -> list[int]:
-        """The classes ticked that at least one training volume holds."""
-        return [
-            v for v, (train, _) in self.found_classes().items() if train and v not in self._unchecked_classes
-        ]
+        """The classes ticked that at least one training volume holds (self-supervised: that a held-out
+        volume holds, to be scored)."""
+        column = 1 if self.self_supervised() else 0
+        return [v for v, n in self.found_classes().items() if n[column] and v not in self._unchecked_classes]
 
     def usable_entries(self) -> list[PairEntry]:
         return [e for e in self.entries if e.usable]
@@ -605,9 +659,13 @@ class DataPage(WizardPage):
         if self.checks_pending():
             return "Checking the volumes…"
         if not self.usable_entries():
+            if self.self_supervised():
+                return "Add at least one volume."
             return "Add at least one volume with its label map."
         if not self.training_entries():
             return "Keep at least one usable volume for training (untick “Validation” on one)."
+        if self.self_supervised():
+            return ""
         if not self.chosen_classes():
             return "Choose at least one class to train on."
         return ""
@@ -624,6 +682,14 @@ class DataPage(WizardPage):
         text = ", ".join(parts) + "."
         if usable and not self.validation_entries():
             text += " Without a held-out volume there is no Dice before/after to compare."
+        elif self.self_supervised() and self.validation_entries():
+            scored = [e for e in self.validation_entries() if e.pair.label]
+            text += (
+                f" The Dice is measured on the {plural(len(scored), 'held-out volume')} with a label map."
+                if scored
+                else " No held-out volume has a label map: no Dice can be measured; the held-out episode "
+                "loss (on their supervoxels) is shown instead."
+            )
         reason = self.not_ready_reason()
         self.summary.setText(text if not reason else f"{text}<br><i>{reason}</i>")
 
@@ -637,6 +703,66 @@ class DataPage(WizardPage):
             else "No open study has a painted mask"
         )
         self.remove_button.setEnabled(bool(self.table.selectionModel().selectedRows()))
+
+    # -- self-supervised mode
+    def self_supervised(self) -> bool:
+        """“My volumes have no labels”: train on supervoxels."""
+        return self.self_supervised_box.isChecked()
+
+    def set_self_supervised(self, on: bool) -> None:
+        self.self_supervised_box.setChecked(bool(on))
+
+    def _mode_changed(self, on: bool) -> None:
+        self.setTitle(self.SELF_SUPERVISED_TITLE if on else self.TITLE)
+        self.setSubTitle(self.SELF_SUPERVISED_SUBTITLE if on else self.SUBTITLE)
+        self.classes_box.setTitle("Classes to score on the held-out volumes" if on else "Classes to train on")
+        self.add_pair_button.setText("Add image…" if on else "Add image + label…")
+        self.preview_box.setVisible(on)
+        for entry in self.entries:
+            entry.needs_label = not on
+        self._preview_for = None
+        self._refill()
+
+    def _update_preview(self) -> None:
+        """Show the supervoxels of the first usable volume (computed in a worker, kept in the cache)."""
+        if not self.self_supervised() or self.wizard() is None:
+            return
+        first = next((e for e in self.entries if e.usable), None)
+        if first is None:
+            self._preview_for = None
+            self.preview_image.clear()
+            self.preview_caption.setText("Add a volume to see its supervoxels.")
+            return
+        key = (first.pair.image, first.pair.series_uid)
+        if key == self._preview_for or (
+            self._preview_worker is not None and self._preview_worker.is_running()
+        ):
+            return
+        self._preview_for = key
+        self.preview_caption.setText(f"Computing the supervoxels of {first.pair.name}…")
+        worker = JobWorker(partial_job(supervoxel_preview, *key), name="supervoxel preview")
+        worker.finished.connect(lambda result, name=first.pair.name: self._preview_ready(name, result))
+        worker.failed.connect(lambda message, _user: self.preview_caption.setText(message))
+        worker.done.connect(lambda: qt_alive(self) and QtCore.QTimer.singleShot(0, self._update_preview))
+        self._preview_worker = self._start(worker)
+
+    def _preview_ready(self, name: str, result: tuple[Any, str]) -> None:
+        if not qt_alive(self):
+            return
+        rgb, caption = result
+        height, width = rgb.shape[:2]
+        image = QtGui.QImage(rgb.tobytes(), width, height, 3 * width, QtGui.QImage.Format.Format_RGB888)
+        pixmap = QtGui.QPixmap.fromImage(image.copy())
+        side = max(180, min(self.preview_image.width(), self.preview_image.height()))
+        self.preview_image.setPixmap(
+            pixmap.scaled(
+                side, side, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+            )
+        )
+        self.preview_caption.setText(f"{html_text(name)} — {caption}")
+
+    def preview_running(self) -> bool:
+        return self._preview_worker is not None and self._preview_worker.is_running()
 
     # -- QWizardPage
     def initializePage(self) -> None:

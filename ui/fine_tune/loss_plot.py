@@ -23,11 +23,15 @@ REDRAW_MS = 200
 LOSS_RAW = (150, 150, 150)
 LOSS_SMOOTH = (0, 114, 178)
 DICE = (213, 94, 0)
+HELDOUT = (0, 158, 115)
 LEGEND = (
     f'<span style="color: rgb{LOSS_RAW}">━</span> loss per step &nbsp; '
     f'<span style="color: rgb{LOSS_SMOOTH}">━</span> smoothed &nbsp; '
     f'<span style="color: rgb{DICE}">●</span> validation Dice (held-out volumes)'
 )
+#: the held-out episode loss, shown when measured (a self-supervised run without a labelled held-out volume
+#: has it as its only validation)
+HELDOUT_LEGEND = f' &nbsp; <span style="color: rgb{HELDOUT}">■</span> held-out episode loss'
 
 
 def smoothed(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
@@ -58,6 +62,8 @@ class LossPlot(QtWidgets.QWidget):
         self._steps: list[int] = []
         self._losses: list[float] = []
         self._validation: dict[int, float] = {}
+        self._heldout: dict[int, float] = {}
+        self._dice_visible = True
         self._total = 0
         self._dirty = False
 
@@ -67,8 +73,17 @@ class LossPlot(QtWidgets.QWidget):
         self.raw_curve = pg.PlotDataItem(pen=pg.mkPen(LOSS_RAW, width=1), name="loss")
         self.smooth_curve = pg.PlotDataItem(pen=pg.mkPen(LOSS_SMOOTH, width=2), name="smoothed")
         item = self.loss_plot.getPlotItem()
+        self.heldout_curve = pg.PlotDataItem(
+            pen=pg.mkPen(HELDOUT, width=1),
+            symbol="s",
+            symbolSize=7,
+            symbolBrush=pg.mkBrush(*HELDOUT),
+            symbolPen=pg.mkPen(None),
+            name="held-out",
+        )
         item.addItem(self.raw_curve)
         item.addItem(self.smooth_curve)
+        item.addItem(self.heldout_curve)
 
         self.dice_plot = _styled_plot(palette, "Dice", "step")
         self.dice_plot.setMinimumHeight(90)
@@ -102,7 +117,8 @@ class LossPlot(QtWidgets.QWidget):
     # ------------------------------------------------------------------------------------------ data
     def clear(self) -> None:
         """Forget every point."""
-        self._steps, self._losses, self._validation = [], [], {}
+        self._steps, self._losses, self._validation, self._heldout = [], [], {}, {}
+        self._update_legend()
         self._schedule()
 
     def set_total(self, steps: int) -> None:
@@ -115,6 +131,7 @@ class LossPlot(QtWidgets.QWidget):
         keep = sum(1 for s in self._steps if s <= step)
         self._steps, self._losses = self._steps[:keep], self._losses[:keep]
         self._validation = {s: d for s, d in self._validation.items() if s <= step}
+        self._heldout = {s: v for s, v in self._heldout.items() if s <= step}
         self._schedule()
 
     def add_loss(self, step: int, loss: float) -> None:
@@ -139,10 +156,23 @@ class LossPlot(QtWidgets.QWidget):
         self._validation[int(step)] = float(dice)
         self._schedule()
 
+    def add_heldout(self, step: int, loss: float | None) -> None:
+        """The mean loss of the fixed held-out episodes at ``step`` (None or NaN: nothing to plot)."""
+        if loss is None or not math.isfinite(float(loss)):
+            return
+        self._heldout[int(step)] = float(loss)
+        self._update_legend()
+        self._schedule()
+
     def set_dice_visible(self, visible: bool) -> None:
-        """Show the validation Dice plot (hidden for a run without held-out volumes)."""
+        """Show the validation Dice plot (hidden for a run without a labelled held-out volume)."""
+        self._dice_visible = bool(visible)
         self.dice_plot.setVisible(visible)
-        self.legend.setText(LEGEND if visible else LEGEND.rsplit("&nbsp;", 1)[0])
+        self._update_legend()
+
+    def _update_legend(self) -> None:
+        text = LEGEND if self._dice_visible else LEGEND.rsplit("&nbsp;", 1)[0]
+        self.legend.setText(text + (HELDOUT_LEGEND if self._heldout else ""))
 
     def set_validation(self, validation: dict[int, float]) -> None:
         self._validation = {}
@@ -154,6 +184,11 @@ class LossPlot(QtWidgets.QWidget):
     def loss_points(self) -> list[tuple[int, float]]:
         """The (step, loss) points shown."""
         return list(zip(self._steps, self._losses, strict=True))
+
+    @property
+    def heldout_points(self) -> dict[int, float]:
+        """step -> held-out episode loss shown."""
+        return dict(sorted(self._heldout.items()))
 
     @property
     def validation_points(self) -> dict[int, float]:
@@ -177,6 +212,8 @@ class LossPlot(QtWidgets.QWidget):
         self.smooth_curve.setData(steps[finite], smoothed(losses[finite]) if finite.any() else losses[:0])
         points = self.validation_points
         self.dice_curve.setData(list(points), list(points.values()))
+        heldout = self.heldout_points
+        self.heldout_curve.setData(list(heldout), list(heldout.values()))
         right = max(self._total, int(steps[-1]) if len(steps) else 0, max(points, default=0), 1)
         self.loss_plot.getPlotItem().setXRange(0, right, padding=0.02)
         # steps are whole numbers: no 0.5-step ticks on a short run

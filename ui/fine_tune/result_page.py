@@ -102,14 +102,25 @@ class ResultPage(WizardPage):
                 self.table.setItem(row, col, item)
         plan, result = wizard.plan, wizard.training_result
         held = len(plan.validation) if plan is not None else 0
+        scored = len(plan.labelled_validation) if plan is not None else 0
         if not rows:
+            heldout = result.heldout_losses if result is not None else {}
+            losses = list(heldout.items())
+            loss_text = (
+                f" Held-out episode loss: {losses[0][1]:.4f} at step {losses[0][0]}, "
+                f"{losses[-1][1]:.4f} at step {losses[-1][0]}."
+                if len(losses) >= 2
+                else ""
+            )
             self.note.setText(
                 "No Dice to compare: no volume was held out for validation."
                 if not held
+                else "No Dice can be measured: no held-out volume has a label map." + loss_text
+                if not scored
                 else "No Dice was measured on the held-out volumes."
             )
         else:
-            self.note.setText(f"Mean Dice per class on {plural(held, 'held-out volume')}.")
+            self.note.setText(f"Mean Dice per class on {plural(scored, 'held-out volume')}.")
         if result is not None:
             folder = result.best_dir or result.model_dir
             self.summary.setText(

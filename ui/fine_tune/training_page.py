@@ -111,12 +111,18 @@ class TrainingPage(WizardPage):
         self.outcome = "running"
         self.feed = TrainingFeed()
         self.plot.set_total(plan.steps)
-        self.plot.set_dice_visible(bool(plan.validation))
+        self.plot.set_dice_visible(plan.measures_dice)
         if not resume:
             self.plot.clear()
             self.last_step = 0
             self.checkpoint_label.setText("—")
-            self.validation_label.setText("—" if plan.validation else "— (no volume held out)")
+            self.validation_label.setText(
+                "—"
+                if plan.measures_dice
+                else "— (no volume held out)"
+                if not plan.validation
+                else "no Dice can be measured: no held-out volume has a label map"
+            )
         self.progress_bar.setRange(0, max(1, plan.steps))
         self.progress_bar.setValue(self.last_step)
         self.step_label.setText(f"{self.last_step} / {plan.steps}")
@@ -179,6 +185,13 @@ class TrainingPage(WizardPage):
             if "loss" in item:
                 self.plot.add_loss(step, item["loss"])
             validation = item.get("validation") or {}
+            if validation.get("heldout_loss") is not None:
+                self.plot.add_heldout(step, validation["heldout_loss"])
+                if not self.fw().plan.measures_dice:
+                    self.validation_label.setText(
+                        f"no Dice can be measured (no held-out volume has a label map); held-out episode "
+                        f"loss {validation['heldout_loss']:.4f} at step {step}"
+                    )
             if validation.get("dice") is not None:
                 self.plot.add_validation(step, validation["dice"])
                 self._show_validation(step, validation)
@@ -240,7 +253,11 @@ class TrainingPage(WizardPage):
         self.status_label.setText(
             f"Finished: {plural(steps, 'step')}"
             + (f" (resumed from step {resumed})" if resumed else "")
-            + ". Press Next for the Dice before and after."
+            + (
+                ". Press Next for the Dice before and after."
+                if self.fw().plan is None or self.fw().plan.measures_dice
+                else ". Press Next to name and register the model."
+            )
         )
 
     def _on_failed(self, message: str, _is_user_error: bool) -> None:

@@ -107,6 +107,8 @@ class FineTuneWizard(QtWidgets.QWizard):
         self.setStartId(PAGE_MODEL)
         self.model_page.refresh()
         self._remembering = False
+        if settings is not None and settings.fine_tune_self_supervised:
+            self.data_page.set_self_supervised(True)
         if settings is not None and settings.fine_tune_pairs:
             self.data_page.restore_pairs(list(settings.fine_tune_pairs))
         self._remembering = settings is not None
@@ -114,11 +116,17 @@ class FineTuneWizard(QtWidgets.QWizard):
             self.look_for_interrupted_runs()
 
     def remember_pairs(self, pairs: list[dict]) -> None:
-        """Keep the data list in the settings (saved at once): reopening the wizard shows it again."""
+        """Keep the data list (and the self-supervised choice) in the settings (saved at once): reopening
+        the wizard shows it again."""
         if not getattr(self, "_remembering", False) or self.settings is None:
             return
-        if pairs != self.settings.fine_tune_pairs:
+        self_supervised = self.data_page.self_supervised()
+        if (
+            pairs != self.settings.fine_tune_pairs
+            or self_supervised != self.settings.fine_tune_self_supervised
+        ):
             self.settings.fine_tune_pairs = pairs
+            self.settings.fine_tune_self_supervised = self_supervised
             if self._save_settings:
                 self.settings.save()
 
@@ -163,6 +171,7 @@ class FineTuneWizard(QtWidgets.QWizard):
             class_names={value: data.class_name(value) for value in classes},
             validation=[i for i, entry in enumerate(usable) if entry.validation],
             out=str(self.out_folder()),
+            self_supervised=data.self_supervised(),
             **self.settings_page.options(),
         )
         plan.validate()

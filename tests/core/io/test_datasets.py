@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from sd_fsmis.core.errors import GeometryMismatchError, UserError
@@ -90,3 +91,34 @@ def test_bad_manifests_give_one_clear_error(tmp_path, text, message):
     with pytest.raises(DatasetError, match=message) as exc:
         FewShotDataset.open(manifest)
     assert isinstance(exc.value, UserError) and "\n" not in str(exc.value)
+
+
+def test_volumes_without_label_maps_only_for_self_supervised_training(chaos_dir, tmp_path):
+    folder = tmp_path / "unlabelled"
+    (folder / "images").mkdir(parents=True)
+    for i in (2, 5):
+        (folder / "images" / f"image_{i}.nii.gz").symlink_to(chaos_dir / "images" / f"image_{i}.nii.gz")
+    with pytest.raises(DatasetError, match="--source supervoxels"):
+        FewShotDataset.open(folder)
+    dataset = FewShotDataset.open(folder, require_labels=False)
+    assert dataset.ids == [2, 5] and dataset.labelled_ids == [] and dataset.case(2).label is None
+    # a manifest may mix labelled and unlabelled volumes
+    manifest = tmp_path / "mixed.json"
+    cases = [
+        {"id": 1, "image": str(chaos_dir / "images" / "image_2.nii.gz")},
+        {
+            "id": 2,
+            "image": str(chaos_dir / "images" / "image_5.nii.gz"),
+            "label": str(chaos_dir / "labels" / "label_5.nii.gz"),
+        },
+    ]
+    manifest.write_text(json.dumps({"cases": cases}))
+    with pytest.raises(DatasetError, match="case 1 needs an image and a label path"):
+        FewShotDataset.open(manifest)
+    dataset = FewShotDataset.open(manifest, require_labels=False)
+    assert dataset.labelled_ids == [2]
+    with pytest.raises(UserError, match="no label map"):
+        load_training_volumes(dataset, [1], source="labels")
+    volumes = load_training_volumes(dataset, [1, 2], source="mixed", supervoxel_cache=tmp_path / "cache")
+    assert volumes[0].pseudo and volumes[0].annotation is None and volumes[0].labels.max() > 100
+    assert not volumes[1].pseudo and set(np.unique(volumes[1].labels)) <= {0, 1, 2, 3, 4}

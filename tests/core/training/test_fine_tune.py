@@ -197,3 +197,34 @@ def test_fine_tune_before_after_and_cancel_then_resume_continues_from_the_checkp
     assert resumed.class_validation[0] == pytest.approx(result.class_validation[0])  # restored
     assert find_interrupted_runs(runs) == []
     assert json.loads((runs / "cut" / "finished.json").read_text())["resumed_from"] == 2
+
+
+def test_a_self_supervised_plan_takes_volumes_without_label_maps(
+    chaos_image_path, chaos_label_path, tmp_path
+):
+    unlabelled = [TrainingPair(str(chaos_image_path(i)), "", name=f"v{i}") for i in (2, 3)]
+    check = check_pair(unlabelled[0])
+    assert check.ok and not check.problems and check.classes == {} and check.shape[0] == 31
+    labelled = pair((chaos_image_path, chaos_label_path), 5)
+    plan = FineTunePlan(
+        base_model="m",
+        pairs=[*unlabelled, labelled],
+        classes=[],
+        class_names={},
+        validation=[1],
+        out=str(tmp_path / "run"),
+    )
+    with pytest.raises(FineTuneError, match="v2 has no label map"):
+        plan.validate()
+    plan.self_supervised = True
+    plan.validate()
+    assert not plan.measures_dice and "no Dice can be measured" in plan.warnings()[0]
+    config = plan.training_config()
+    assert config.source == "supervoxels" and config.supervoxel_cache.endswith("supervoxels")
+    assert not config.dice_validation and config.heldout_episodes > 0 and config.classes is None
+    manifest = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert "label" not in manifest["cases"][0] and manifest["cases"][2]["label"].endswith("label_5.nii.gz")
+    plan.validation = [2]  # the labelled volume held out: its Dice is measured
+    assert plan.measures_dice and plan._config().dice_validation and not plan.warnings()
+    again = FineTunePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again.self_supervised and again.pairs[0].label == ""

@@ -408,12 +408,92 @@ def test_the_data_list_is_there_again_when_the_wizard_is_reopened(
     wait_checked(qtbot, first)
     first.data_page.set_validation(first.data_page.entries[0], True)
     first.data_page.set_validation(first.data_page.entries[2], False)
+    first.data_page.set_self_supervised(True)  # and a volume without a label map
+    first.data_page.add_pair(images[1], "", name="unlabelled")
+    wait_checked(qtbot, first)
     settings.save(settings_file)
     gone = tmp_path / "gone.nii.gz"
     saved = AppSettings.load(settings_file)
+    assert saved.fine_tune_self_supervised
     saved.fine_tune_pairs.append({"image": str(gone), "label": str(gone), "name": "gone"})
     second = make_wizard(settings=saved, save_settings=False)
     wait_checked(qtbot, second)
     entries = second.data_page.entries
-    assert [e.pair.image for e in entries] == [str(p) for p in images]
-    assert [e.validation for e in entries] == [True, False, False]
+    assert second.data_page.self_supervised()
+    assert [e.pair.image for e in entries] == [*(str(p) for p in images), str(images[1])]
+    assert [e.validation for e in entries] == [True, False, False, False]
+    assert entries[-1].pair.label == "" and entries[-1].usable
+
+
+def test_self_supervised_volumes_without_labels(qtbot, make_wizard, tiny_base, chaos_dir, tmp_path):
+    """“My volumes have no labels”: images alone are usable, the supervoxels are previewed on a slice, a
+    held-out volume with a label map gives the Dice, without one the held-out episode loss is shown."""
+    folder = tmp_path / "unlabelled"
+    (folder / "images").mkdir(parents=True)
+    for i in (2, 3, 5):  # links to the CHAOS images: read in place, no label maps
+        (folder / "images" / f"image_{i}.nii.gz").symlink_to(chaos_dir / "images" / f"image_{i}.nii.gz")
+    wizard = make_wizard()
+    to_data_page(wizard, tiny_base)
+    data = wizard.data_page
+    assert data.add_dataset(folder) == [] and "--source supervoxels" in data.error.text()  # labels mode
+    data.set_self_supervised(True)
+    assert data.title() == data.SELF_SUPERVISED_TITLE and data.preview_box.isVisible()
+    entries = data.add_dataset(folder)
+    assert len(entries) == 3 and not data.error.text()
+    wait_checked(qtbot, wizard)
+    assert all(e.usable for e in entries) and [e.validation for e in entries] == [False, False, True]
+    assert data.table.item(0, data.COL_LABEL).text() == "—"
+    assert data.isComplete()  # no class to choose: the supervoxels are the classes
+    assert "no Dice can be measured" in data.summary.text()
+    # the preview: the supervoxels of the first volume on a slice, computed in a worker and cached
+    qtbot.waitUntil(
+        lambda: not data.preview_running() and data.preview_image.pixmap() is not None, timeout=60_000
+    )
+    assert not data.preview_image.pixmap().isNull(), data.preview_caption.text()
+    assert "supervoxels here" in data.preview_caption.text() and "unlabelled 2" in data.preview_caption.text()
+    from sd_fsmis.paths import cache_dir
+
+    assert len(list((cache_dir() / "supervoxels").glob("*.npz"))) == 1
+    # back in labels mode the same volumes are not usable, and say why
+    data.set_self_supervised(False)
+    assert not data.isComplete() and "no label map" in entries[0].problems[0]
+    data.set_self_supervised(True)
+    assert data.isComplete()
+
+    # a held-out volume with a label map gives the Dice (on the classes it holds)
+    labelled = data.add_pair(chaos_dir / "images" / "image_8.nii.gz", chaos_dir / "labels" / "label_8.nii.gz")
+    wait_checked(qtbot, wizard)
+    data.set_validation(entries[2], False)
+    data.set_validation(labelled, True)
+    assert "Dice is measured on the 1 held-out volume with a label map" in data.summary.text()
+    assert data.chosen_classes() == [1, 2, 3, 4]
+    screenshot(wizard, "fine_tune_2_data_self_supervised.png")
+    plan = wizard.build_plan()
+    assert plan.self_supervised and plan.measures_dice and plan.labelled_validation == [3]
+    config = plan._config()
+    assert config.source == "supervoxels" and config.dice_validation and config.supervoxel_cache
+
+    # without a labelled held-out volume: a short run shows the held-out episode loss and says why no Dice
+    data.remove_entry(labelled)
+    data.set_validation(entries[2], True)
+    wizard.next()
+    settings = wizard.settings_page
+    settings.set_options(steps=2, checkpoint_every=2, **FAST)
+    qtbot.waitUntil(lambda: not settings.estimate_running(), timeout=60_000)
+    wizard.next()
+    assert wizard.currentId() == PAGE_TRAINING
+    assert not wizard.plan.measures_dice and wizard.plan.warnings()
+    page = wizard.training_page
+    wait_training(qtbot, wizard)
+    assert page.outcome == "finished", page.status_label.text()
+    assert page.plot.heldout_points and not page.plot.validation_points
+    assert "no Dice can be measured" in page.validation_label.text()
+    assert "held-out episode loss" in page.validation_label.text()
+    assert "register the model" in page.status_label.text()
+    page.plot.redraw()
+    screenshot(wizard, "fine_tune_4_training_self_supervised.png")
+    wizard.next()
+    assert wizard.currentId() == PAGE_RESULT
+    assert "No Dice can be measured" in wizard.result_page.note.text()
+    assert "Held-out episode loss" in wizard.result_page.note.text()
+    assert not any(p.name != "images" for p in folder.iterdir())  # nothing written into the data folder

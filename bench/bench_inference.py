@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-subpixel", action="store_true", help="ours: decode with diffusers' upsamplers as they are"
     )
     parser.add_argument(
-        "--no-memory-reuse", action="store_true", help="ours: the C library's default handling of freed memory"
+        "--no-memory-reuse",
+        action="store_true",
+        help="ours: the C library's default handling of freed memory",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         for runs in ours_runs:
-            row, mask = runs[0][0], runs[0][1]
+            row = runs[0][0]
             row.seconds = _median([r.seconds for r, _ in runs])
             row.cpu_seconds = _median([r.cpu_seconds for r, _ in runs])
             row.peak_bytes = max(r.peak_bytes for r, _ in runs)

@@ -88,13 +88,13 @@ def decode_soft_masks(
     return ((images.float() + 1.0) * 0.5).mean(dim=1)
 
 
-# -- sub-pixel upsampling -------------------------------------------------------------------------------------
+# -- sub-pixel upsampling ------------------------------------------------------------------------------------
 def subpixel_kernel(weight: torch.Tensor) -> torch.Tensor:
     """3 x 3 kernel ``[O, I, 3, 3]`` applied after 2x nearest upsampling -> ``[4 * O, I, 2, 2]``.
 
     Output channel ``4 * o + 2 * a + b`` gives output pixel ``(2i + a, 2j + b)`` of channel ``o`` from the
-    input pixels ``(i - 1 + a .. i + a, j - 1 + b .. j + b)``: along each axis, block position 0 takes the taps
-    ``[w0, w1 + w2]`` and position 1 ``[w0 + w1, w2]``.
+    input pixels ``(i - 1 + a .. i + a, j - 1 + b .. j + b)``: along each axis, block position 0 takes the
+    taps ``[w0, w1 + w2]`` and position 1 ``[w0 + w1, w2]``.
     """
 
     def phases(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,11 @@ not handed back at once), then restores mmap for large blocks and hands the free
 (``malloc_trim``). Nested and concurrent uses are counted: the settings are restored when the last ends.
 Restored values: mmap threshold 32 MiB and trim threshold 64 MiB, which is where glibc's own dynamic
 thresholds end up once a large block was freed (setting any of them switches the dynamic adjustment off).
+
+Limits: a thread other than the main one usually allocates from its own glibc arena, whose heaps hold at
+most 64 MiB: larger blocks are still mmap-ed there (the GUI segments in a worker thread and gains less than
+``sd-fsmis segment`` and the benchmark, which segment in the main thread). glibc's heap may still give
+some freed pages back, so the saving is large but not total.
 """
 
 from __future__ import annotations

@@ -122,8 +122,9 @@ class Row:
 
 
 def run_ours(
-    engine: SDFSMISEngine, request: SegmentationRequest, device: torch.device
+    engine: SDFSMISEngine, request: SegmentationRequest, device: torch.device, subpixel: bool = True
 ) -> tuple[Row, np.ndarray]:
+    engine.pipeline.subpixel_upsampling = subpixel  # the pipeline may be shared with other rows
     _reset_peak(device)
     _sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -132,7 +133,7 @@ def run_ours(
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak, kind = _peak_bytes(device)
     row = Row(
-        method="ours (engine)",
+        method=f"ours ({engine.name})",
         dtype=str(engine.dtype).replace("torch.", ""),
         shots=len(request.supports),
         slices=request.query.shape[0],
@@ -215,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ours: the C library's default handling of freed memory",
     )
+    parser.add_argument(
+        "--also-stock",
+        action="store_true",
+        help="also time ours at fp32 with neither sub-pixel upsampling nor memory reuse (their share)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -246,13 +252,25 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in fp32.unet.parameters()) / 1e6
     print(f"# built in {time.perf_counter() - t0:.1f} s (U-Net {params:.0f}M parameters)", flush=True)
     reuse = not args.no_memory_reuse
-    engines = [SDFSMISEngine(ours_pipe, name="ours", batch_size=args.batch_size, reuse_cpu_memory=reuse)]
+    # (engine, sub-pixel upsampling)
+    engines = [
+        (
+            SDFSMISEngine(ours_pipe, name="engine", batch_size=args.batch_size, reuse_cpu_memory=reuse),
+            not args.no_subpixel,
+        )
+    ]
     if dtype != torch.float32:  # agreement must hold at fp32: time ours at fp32 too (NCHW)
         engines.append(
-            SDFSMISEngine(fp32, name="ours-fp32", batch_size=args.batch_size, reuse_cpu_memory=reuse)
+            (
+                SDFSMISEngine(fp32, name="engine fp32", batch_size=args.batch_size, reuse_cpu_memory=reuse),
+                not args.no_subpixel,
+            )
         )
-    for engine in engines:
-        engine.pipeline.subpixel_upsampling = not args.no_subpixel
+    if args.also_stock:
+        stock = SDFSMISEngine(
+            fp32, name="engine fp32, stock", batch_size=args.batch_size, reuse_cpu_memory=False
+        )
+        engines.append((stock, False))
 
     volume, organ = phantom_volume(args.slices, args.size)
     rows: list[Row] = []
@@ -265,17 +283,18 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda"
             else SegmentationRequest(query=volume[:2], supports=request.supports)
         )
-        for engine in engines:
+        for engine, subpixel in engines:
+            engine.pipeline.subpixel_upsampling = subpixel
             engine.segment(warm)
         if not args.skip_reference:
             run_reference_way(fp32, SegmentationRequest(query=volume[:1], supports=request.supports), device)
         ours_runs: list[list[tuple[Row, np.ndarray]]] = [[] for _ in engines]
         ref_runs: list[tuple[Row, np.ndarray]] = []
         for round_ in range(args.repeats):
-            for runs, engine in zip(ours_runs, engines):
-                runs.append(run_ours(engine, request, device))
+            for runs, (engine, subpixel) in zip(ours_runs, engines):
+                runs.append(run_ours(engine, request, device, subpixel))
                 row = runs[-1][0]
-                print(f"# round {round_ + 1}: ours {row.dtype} {shots}-shot: {row.seconds:.2f} s", flush=True)
+                print(f"# round {round_ + 1}: {row.method} {shots}-shot: {row.seconds:.2f} s", flush=True)
             if args.skip_reference:
                 continue
             ref_runs.append(run_reference_way(fp32, request, device))

@@ -1,15 +1,22 @@
 """Benchmark: SD-FSMIS inference on a query volume, our engine versus the reference implementation's way.
 
 Our engine: support encode / VTCT / support pass once per support set, query slices in batches (SQI over one
-shared bank), VAE encode/decode batched, inference mode, bf16 + channels_last + SDPA on CUDA.
+shared bank), VAE encode/decode batched, inference mode, bf16 + channels_last + SDPA on CUDA; on the CPU the
+decoder's upsamplers as sub-pixel convolutions (the same numbers in fewer operations) and freed memory
+reused during the segmentation (``--no-subpixel``, ``--no-memory-reuse``; ``--also-stock`` adds a row without
+both, timed in the same rounds).
 The reference's way: for every query slice a full episode (support encode, DINOv2, support pass, one query
-U-Net call, decode), fp32, batch 1.
+U-Net call, decode), fp32, batch 1, diffusers' layers as they are.
+
+``--repeats N`` times N rounds, each running ours and then the reference way, so that both see the same load
+of a shared machine; the speedups are the medians of the per-round ratios. The "CPU-time x" column (CPU
+seconds of the process) is the steadier figure on a machine other programs use.
 
 Random weights of the real architectures (SD 1.5 U-Net with 8 input channels, about 860M parameters;
 SD 1.5 VAE; DINOv2-base), built in code: no download. Also reports the agreement (Dice) of our binarised
 masks with the reference way's (the same computation, so >= 0.99 at fp32).
 
-    python bench/bench_inference.py --device cpu --slices 8 --shots 1 3 --arch real
+    python bench/bench_inference.py --device cpu --slices 8 --shots 1 3 --arch real --also-stock
     python bench/bench_inference.py --device cuda --slices 40 --shots 1 3 --arch real
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak resident set size

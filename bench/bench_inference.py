@@ -1,15 +1,22 @@
 """Benchmark: SD-FSMIS inference on a query volume, our engine versus the reference implementation's way.
 
 Our engine: support encode / VTCT / support pass once per support set, query slices in batches (SQI over one
-shared bank), VAE encode/decode batched, inference mode, bf16 + channels_last + SDPA on CUDA.
+shared bank), VAE encode/decode batched, inference mode, bf16 + channels_last + SDPA on CUDA; on the CPU the
+decoder's upsamplers as sub-pixel convolutions (the same numbers in fewer operations) and freed memory
+reused during the segmentation (``--no-subpixel``, ``--no-memory-reuse``; ``--also-stock`` adds a row without
+both, timed in the same rounds).
 The reference's way: for every query slice a full episode (support encode, DINOv2, support pass, one query
-U-Net call, decode), fp32, batch 1.
+U-Net call, decode), fp32, batch 1, diffusers' layers as they are.
+
+``--repeats N`` times N rounds, each running ours and then the reference way, so that both see the same load
+of a shared machine; the speedups are the medians of the per-round ratios. The "CPU-time x" column (CPU
+seconds of the process) is the steadier figure on a machine other programs use.
 
 Random weights of the real architectures (SD 1.5 U-Net with 8 input channels, about 860M parameters;
 SD 1.5 VAE; DINOv2-base), built in code: no download. Also reports the agreement (Dice) of our binarised
 masks with the reference way's (the same computation, so >= 0.99 at fp32).
 
-    python bench/bench_inference.py --device cpu --slices 8 --shots 1 3 --arch real
+    python bench/bench_inference.py --device cpu --slices 8 --shots 1 3 --arch real --also-stock
     python bench/bench_inference.py --device cuda --slices 40 --shots 1 3 --arch real
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the peak resident set size
@@ -122,8 +129,9 @@ class Row:
 
 
 def run_ours(
-    engine: SDFSMISEngine, request: SegmentationRequest, device: torch.device
+    engine: SDFSMISEngine, request: SegmentationRequest, device: torch.device, subpixel: bool = True
 ) -> tuple[Row, np.ndarray]:
+    engine.pipeline.subpixel_upsampling = subpixel  # the pipeline may be shared with other rows
     _reset_peak(device)
     _sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -132,7 +140,7 @@ def run_ours(
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak, kind = _peak_bytes(device)
     row = Row(
-        method="ours (engine)",
+        method=f"ours ({engine.name})",
         dtype=str(engine.dtype).replace("torch.", ""),
         shots=len(request.supports),
         slices=request.query.shape[0],
@@ -146,17 +154,22 @@ def run_ours(
 
 
 def run_reference_way(pipeline, request: SegmentationRequest, device: torch.device) -> tuple[Row, np.ndarray]:
-    """A full episode per query slice, batch 1, as the reference runs inference."""
+    """A full episode per query slice, batch 1, as the reference runs inference: diffusers' layers as they
+    are (no sub-pixel upsampling) and the C library's default handling of freed memory."""
     images = [s.image for s in request.supports]
     masks = [s.mask for s in request.supports]
     soft = np.zeros(request.query.shape, np.float32)
-    _reset_peak(device)
-    _sync(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for z in range(request.query.shape[0]):
-        soft[z] = pipeline.segment_slices(images, masks, request.query[z : z + 1])[0]
-    _sync(device)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    subpixel, pipeline.subpixel_upsampling = pipeline.subpixel_upsampling, False
+    try:
+        _reset_peak(device)
+        _sync(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for z in range(request.query.shape[0]):
+            soft[z] = pipeline.segment_slices(images, masks, request.query[z : z + 1])[0]
+        _sync(device)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    finally:
+        pipeline.subpixel_upsampling = subpixel
     peak, kind = _peak_bytes(device)
     mask = binarize(soft, pipeline.config.postprocessing)
     row = Row(
@@ -171,6 +184,10 @@ def run_reference_way(pipeline, request: SegmentationRequest, device: torch.devi
         peak_kind=kind,
     )
     return row, mask
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 # -- main ---------------------------------------------------------------------------------------------------
@@ -191,7 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         help="NHWC layout for ours (auto: on CUDA only; the reference way keeps PyTorch's default layout)",
     )
     parser.add_argument("--skip-reference", action="store_true", help="time our engine only")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (the median is kept)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed rounds, ours then the reference way in each (interleaved: both see the same load of a "
+        "shared machine); times and ratios are the medians over the rounds",
+    )
+    parser.add_argument(
+        "--no-subpixel", action="store_true", help="ours: decode with diffusers' upsamplers as they are"
+    )
+    parser.add_argument(
+        "--no-memory-reuse",
+        action="store_true",
+        help="ours: the C library's default handling of freed memory",
+    )
+    parser.add_argument(
+        "--also-stock",
+        action="store_true",
+        help="also time ours at fp32 with neither sub-pixel upsampling nor memory reuse (their share)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -222,9 +258,26 @@ def main(argv: list[str] | None = None) -> int:
         ours_pipe = ours_pipe.to(device, dtype, channels_last=layout).eval()
     params = sum(p.numel() for p in fp32.unet.parameters()) / 1e6
     print(f"# built in {time.perf_counter() - t0:.1f} s (U-Net {params:.0f}M parameters)", flush=True)
-    engines = [SDFSMISEngine(ours_pipe, name="ours", batch_size=args.batch_size)]
+    reuse = not args.no_memory_reuse
+    # (engine, sub-pixel upsampling)
+    engines = [
+        (
+            SDFSMISEngine(ours_pipe, name="engine", batch_size=args.batch_size, reuse_cpu_memory=reuse),
+            not args.no_subpixel,
+        )
+    ]
     if dtype != torch.float32:  # agreement must hold at fp32: time ours at fp32 too (NCHW)
-        engines.append(SDFSMISEngine(fp32, name="ours-fp32", batch_size=args.batch_size))
+        engines.append(
+            (
+                SDFSMISEngine(fp32, name="engine fp32", batch_size=args.batch_size, reuse_cpu_memory=reuse),
+                not args.no_subpixel,
+            )
+        )
+    if args.also_stock:
+        stock = SDFSMISEngine(
+            fp32, name="engine fp32, stock", batch_size=args.batch_size, reuse_cpu_memory=False
+        )
+        engines.append((stock, False))
 
     volume, organ = phantom_volume(args.slices, args.size)
     rows: list[Row] = []
@@ -237,29 +290,47 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda"
             else SegmentationRequest(query=volume[:2], supports=request.supports)
         )
-        for engine in engines:
+        for engine, subpixel in engines:
+            engine.pipeline.subpixel_upsampling = subpixel
             engine.segment(warm)
-        ours_rows = []
-        for engine in engines:
-            runs = [run_ours(engine, request, device) for _ in range(args.repeats)]
-            row, mask = sorted(runs, key=lambda run: run[0].seconds)[len(runs) // 2]  # the median
-            ours_rows.append((row, mask))
-            print(f"# ours {row.dtype} {shots}-shot: {row.seconds:.3f} s", flush=True)
-        if args.skip_reference:
-            rows += [r for r, _ in ours_rows]
-            continue
-        if device.type == "cuda":
-            fp32.segment_slices(
-                [s.image for s in request.supports], [s.mask for s in request.supports], volume[:1]
+        if not args.skip_reference:
+            run_reference_way(fp32, SegmentationRequest(query=volume[:1], supports=request.supports), device)
+        ours_runs: list[list[tuple[Row, np.ndarray]]] = [[] for _ in engines]
+        ref_runs: list[tuple[Row, np.ndarray]] = []
+        for round_ in range(args.repeats):
+            for runs, (engine, subpixel) in zip(ours_runs, engines):
+                runs.append(run_ours(engine, request, device, subpixel))
+                row = runs[-1][0]
+                print(f"# round {round_ + 1}: {row.method} {shots}-shot: {row.seconds:.2f} s", flush=True)
+            if args.skip_reference:
+                continue
+            ref_runs.append(run_reference_way(fp32, request, device))
+            ref = ref_runs[-1][0]
+            ratios = ", ".join(f"{ref.seconds / runs[-1][0].seconds:.2f}x" for runs in ours_runs)
+            print(
+                f"# round {round_ + 1}: reference way {shots}-shot: {ref.seconds:.2f} s (ours {ratios})",
+                flush=True,
             )
-        ref_row, ref_mask = run_reference_way(fp32, request, device)
-        print(f"# reference way {shots}-shot: {ref_row.seconds:.2f} s", flush=True)
-        for row, mask in ours_rows:
-            row.dice_vs_reference = dice(mask, ref_mask)
-            row.speedup = ref_row.seconds / row.seconds
-            row.cpu_speedup = ref_row.cpu_seconds / max(row.cpu_seconds, 1e-9)
+        for runs in ours_runs:
+            row = runs[0][0]
+            row.seconds = _median([r.seconds for r, _ in runs])
+            row.cpu_seconds = _median([r.cpu_seconds for r, _ in runs])
+            row.peak_bytes = max(r.peak_bytes for r, _ in runs)
+            if ref_runs:
+                ref_mask = ref_runs[0][1]
+                row.dice_vs_reference = min(dice(m, ref_mask) for _, m in runs)
+                # the ratio of each round (same load), then the median over the rounds
+                row.speedup = _median([ref.seconds / r.seconds for (r, _), (ref, _) in zip(runs, ref_runs)])
+                row.cpu_speedup = _median(
+                    [ref.cpu_seconds / max(r.cpu_seconds, 1e-9) for (r, _), (ref, _) in zip(runs, ref_runs)]
+                )
             rows.append(row)
-        rows.append(ref_row)
+        if ref_runs:
+            ref_row = ref_runs[0][0]
+            ref_row.seconds = _median([r.seconds for r, _ in ref_runs])
+            ref_row.cpu_seconds = _median([r.cpu_seconds for r, _ in ref_runs])
+            ref_row.peak_bytes = max(r.peak_bytes for r, _ in ref_runs)
+            rows.append(ref_row)
 
     print()
     header = (

@@ -5,7 +5,9 @@
 and records the support bank ONCE, then predicts the group's slices in batches (the query pass attends to
 the shared bank; VAE encoding and decoding batched). The batch size follows free GPU memory on CUDA (and is
 halved and retried on an out-of-memory error); on the CPU it is a small constant. Progress is reported per
-batch and cancellation checked between batches; the bank is cleared in any case.
+batch and cancellation checked between batches; the bank is cleared in any case. On the CPU, freed large
+blocks are reused during a segmentation instead of being unmapped and faulted in again
+(``core/cpu_memory.py``; ``reuse_cpu_memory=False`` turns it off).
 
 Binarisation (both steps are options of the model's post-processing config): foreground where
 soft > r * max, the max taken over ALL predicted slices of the volume (r = 0.25), then the largest
@@ -26,6 +28,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
+from sd_fsmis.core.cpu_memory import reuse_freed_memory
 from sd_fsmis.core.device import (
     default_dtype,
     describe_device,
@@ -98,12 +101,15 @@ class SDFSMISEngine:
         name: str | None = None,
         batch_size: int | None = None,
         postprocessing: PostprocessingConfig | None = None,
+        reuse_cpu_memory: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.name = name or pipeline.config.name or "sd-fsmis"
         #: fixed query batch size; None sizes it to free memory (CUDA) or uses CPU_BATCH_SIZE
         self.batch_size = batch_size
         self.postprocessing = postprocessing or replace(pipeline.config.postprocessing)
+        #: on the CPU, reuse freed memory blocks during a segmentation (glibc; see core/cpu_memory.py)
+        self.reuse_cpu_memory = reuse_cpu_memory
         self._lock = threading.Lock()
 
     # -- construction -------------------------------------------------------------------------------------
@@ -179,7 +185,8 @@ class SDFSMISEngine:
         cancel: CancelToken | None = None,
     ) -> SegmentationResult:
         """Segment the request's query slices; raise JobCancelled between batches when cancelled."""
-        with self._lock, torch.inference_mode():
+        reuse = self.reuse_cpu_memory and self.device.type == "cpu"
+        with self._lock, torch.inference_mode(), reuse_freed_memory(reuse):
             return self._segment(request, progress, cancel)
 
     def _segment(

@@ -5,7 +5,9 @@
 2. query (in batches): VAE-encode, QE input ``[B, 8, h, w]``, query pass (``conv_in``, timestep 1) with
    SQI over the bank and ``E`` repeated over the batch; the predicted mask latent is ``-o``;
 3. decode ``-o / 0.18215``, clamp, map to [0, 1], mean over the 3 channels -> soft masks ``[B, S, S]``,
-   resized back to the query slice size.
+   resized back to the query slice size (on the CPU the decoder's upsamplers run as sub-pixel
+   convolutions: the same numbers in fewer operations, ``latents.py``; ``subpixel_upsampling = False``
+   runs diffusers' layers as they are).
 
 The support bank is cleared when the episode ends (also on error or cancellation).
 """
@@ -72,6 +74,8 @@ class SDFSMISPipeline:
         self.model_dir: Path | None = None
         #: U-Net and VAE in NHWC memory layout (set by :meth:`to`; faster convolutions on CUDA)
         self.channels_last = False
+        #: decode with sub-pixel upsampling (CPU, inference; exact up to float rounding: ``latents.py``)
+        self.subpixel_upsampling = True
         self.bank: SupportBank = install_support_query_interaction(unet)
         self.vtct = VisualToTextualConditionTranslator(image_encoder, mapper, dino_preprocessing, config.vtct)
         self._check_shapes()
@@ -192,7 +196,9 @@ class SDFSMISPipeline:
         size = tuple(query.shape[-2:])
         query01 = slices_to_model_size(query, self.config.preprocessing, self.device)  # [B, 1, S, S]
         mask_latents = self.predict_mask_latents(context, query01)
-        soft = decode_soft_masks(self.vae, mask_latents, self.scaling_factor)  # [B, S, S]
+        soft = decode_soft_masks(
+            self.vae, mask_latents, self.scaling_factor, subpixel=self.subpixel_upsampling
+        )  # [B, S, S]
         return to_slice_size(soft, size)
 
     @contextlib.contextmanager

@@ -16,15 +16,14 @@ EXIT_SOME_FAILED = 3
 
 def run_cohort_command(args: argparse.Namespace) -> int:
     from sd_fsmis.commands.segment import _parse_indices, engine_name
-    from sd_fsmis.core.cohort.record import read_records, record_path, summary_table
+    from sd_fsmis.core.cohort.record import record_path, summary_table
     from sd_fsmis.core.cohort.run import (
         CohortSettings,
         finish_processes,
+        gather_records,
         process_device,
         run_cohort,
         shard_from_environment,
-        since,
-        wait_for_other_processes,
     )
     from sd_fsmis.core.cohort.studies import SupportSpec, open_cohort
     from sd_fsmis.core.errors import MaskError, UserError
@@ -69,13 +68,11 @@ def run_cohort_command(args: argparse.Namespace) -> int:
     where = f" (process {shard.index + 1} of {shard.count})" if shard.count > 1 else ""
     with progress_bar(f"segment {settings.engine}{where}", unit="study") as progress:
         report = run_cohort(cohort, args.out_dir, settings, shard=shard, progress=progress)
-    wait_for_other_processes(shard)
+    entries = gather_records(report.records, shard)  # this run's lines, from every process
     if not shard.is_main:
         # the main process reports the whole cohort; a failure here must not make the launcher stop it
         finish_processes(shard)
         return 0
-    # the whole cohort: every process's lines of this run, and what earlier runs had done
-    entries = since(read_records(args.out_dir), report.started_at)
     ids = {s.id for s in cohort.studies}
     order = {s.id: k for k, s in enumerate(cohort.studies)}
     entries = sorted((e for e in entries if e.get("study") in ids), key=lambda e: order[e["study"]])

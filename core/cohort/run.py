@@ -27,7 +27,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from sd_fsmis.core.cohort.studies import Cohort, CohortStudy, SupportSpec
 from sd_fsmis.core.engines.registry import is_builtin, load_engine
 from sd_fsmis.core.engines.segmentation import SegmentationOutcome, SupportSource, segment_volume
 from sd_fsmis.core.errors import JobCancelled, MaskError, UserError
-from sd_fsmis.core.io.destinations import Inputs, check_destination_folder
+from sd_fsmis.core.io.destinations import Inputs, OutputError, check_destination_folder
 from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
 from sd_fsmis.core.volume import Volume
 
@@ -90,6 +89,9 @@ class CohortSettings:
     precision: str | None = None
     #: DataLoader workers (model) or worker processes (built-in engine); None: automatic, 0: none
     workers: int | None = None
+    #: how worker processes start: None for the platform's default (fork on Linux: no start-up cost),
+    #: "spawn" where the parent runs threads that a fork would copy mid-work (the GUI)
+    start_method: str | None = None
 
     def identity(self) -> dict:
         """What decides the masks (the settings hash): engine or model, label, assignment, precision."""
@@ -164,10 +166,14 @@ def shard_from_environment(device: str = "auto") -> Shard:
     return Shard(state.process_index, state.num_processes)
 
 
-def wait_for_other_processes(shard: Shard) -> None:
-    """Barrier of the processes started by ``accelerate launch`` (nothing with one process)."""
-    if shard.count > 1:
-        _state().wait_for_everyone()
+def gather_records(records: list[dict], shard: Shard) -> list[dict]:
+    """Every process's record lines of this run (each process calls it; one process: its own)."""
+    if shard.count <= 1:
+        return list(records)
+    from accelerate.utils import gather_object
+
+    _state()
+    return list(gather_object(list(records)))
 
 
 def finish_processes(shard: Shard) -> None:
@@ -215,9 +221,15 @@ def run_cohort(
     if settings.support is not None:
         inputs.add(settings.support.image, "the support study (--support)")
         inputs.add(settings.support.mask, "the support mask (--support-mask)")
+    if cohort.source.is_file():
+        inputs.add(cohort.source, "the manifest (--queries)")
+    elif out.resolve() in (cohort.source.resolve(), (cohort.source / "images").resolve()):
+        raise OutputError(
+            f"--out-dir {out} is the folder of the studies: masks named by study would lie among them "
+            "(and could replace one); choose another folder"
+        )
     inputs.refuse(out, "--out-dir")
     check_destination_folder(out, inputs, option="--out-dir")
-    out.mkdir(parents=True, exist_ok=True)
     report = CohortReport(studies=len(cohort.studies), left_out=list(cohort.left_out), started_at=now_iso())
     if cohort_sources is None and settings.support is not None:
         cohort_sources = [load_support(settings.support, settings.label)]
@@ -227,6 +239,7 @@ def run_cohort(
             "no support for the studies without their own: give --support-mask (and --support) or "
             "support_mask in the manifest"
         )
+    out.mkdir(parents=True, exist_ok=True)  # only now: a cohort refused up front leaves no empty folder
     common = settings.identity()
     common["cohort_support"] = _sources_identity(cohort_sources or [])
     mine = shard.take(cohort.studies)
@@ -349,6 +362,7 @@ def _worker_count(settings: CohortSettings, studies: int) -> int:
     if settings.workers is not None:
         return max(0, min(int(settings.workers), studies))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, cores // launched_processes())  # processes of a launcher on this machine share them
     if is_builtin(settings.engine):
         return max(1, min(cores, studies))
     return max(0, min(4, cores - 1, studies - 1))
@@ -484,7 +498,7 @@ def _loaded_studies(
         num_workers=workers,
         collate_fn=_as_is,
         prefetch_factor=PREFETCH_PER_WORKER,
-        multiprocessing_context=multiprocessing.get_context("spawn"),
+        multiprocessing_context=multiprocessing.get_context(settings.start_method),
     )
     iterator = iter(loader)
     try:
@@ -648,7 +662,7 @@ def _segment_in_processes(
     """The built-in engine on ``workers`` studies at once (CPU processes); records in the caller's process.
     Cancel stops handing out studies; those already started finish (seconds each) and are recorded."""
     state.report(f"starting {workers} processes")
-    context = multiprocessing.get_context("spawn")  # safe beside Qt's and torch's threads
+    context = multiprocessing.get_context(settings.start_method)
     with futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(settings, cohort_sources)
     ) as pool:
@@ -700,17 +714,4 @@ def _sources_identity(sources: list[SupportSource]) -> list[dict]:
         out.append(
             {"study": s.name, "slices": s.chosen_slices(), "mask": digest, "shape": list(s.mask.shape)}
         )
-    return out
-
-
-def since(entries: Iterable[dict], started_at: str) -> list[dict]:
-    """The record lines written since ``started_at`` (this run's, from every process)."""
-    start = datetime.fromisoformat(started_at)
-    out = []
-    for e in entries:
-        try:
-            if datetime.fromisoformat(str(e.get("finished_at"))) >= start:
-                out.append(e)
-        except ValueError:
-            continue
     return out

@@ -87,7 +87,7 @@ class CohortStudy:
 
 @dataclass
 class Cohort:
-    """The studies of a folder or manifest, sorted by id, and the files of a folder that were left out."""
+    """The studies of a folder (sorted by id) or manifest (in its order); the files a folder left out."""
 
     source: Path
     studies: list[CohortStudy]
@@ -133,7 +133,8 @@ def open_cohort(path: str | os.PathLike[str], *, exclude: Iterable[str | os.Path
     twice = sorted({i for i in ids if ids.count(i) > 1})
     if twice:
         raise CohortError(f"--queries {p}: two studies have the id {twice[0]} (ids name the outputs)")
-    cohort.studies.sort(key=lambda s: _natural_key(s.id))
+    if p.is_dir():  # a manifest's order is the user's
+        cohort.studies.sort(key=lambda s: _natural_key(s.id))
     return cohort
 
 

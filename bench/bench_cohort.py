@@ -15,7 +15,7 @@ Columns: studies, processes, wall seconds of the segmentation (model loading exc
 seconds per study, studies per hour. Masks are checked to exist for every study.
 
 Usage: ``python bench/bench_cohort.py [--mode cpu|gpu|all] [--studies 8] [--processes 2]
-[--data DIR] [--support-id 8]``
+[--data DIR] [--support-id 8]``; ``--mode gpu --arch tiny --device cpu`` checks the gpu part on a CPU.
 """
 
 from __future__ import annotations
@@ -126,20 +126,26 @@ def bench_cpu(data: Path, support_id: int, count: int, folder: Path) -> None:
         _row("tiny SD-FSMIS (random)", count, 1, seconds, f"{note}; model built in {build:.1f} s")
 
 
-def bench_gpu(data: Path, support_id: int, count: int, processes: int, folder: Path) -> None:
+def bench_gpu(
+    data: Path, support_id: int, count: int, processes: int, folder: Path, arch: str, device: str
+) -> None:
     import torch
 
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         print("\nGPU: skipped (no CUDA device)")
         return
+    if device == "cpu":
+        torch.set_num_threads(1)
     cohort, support = _cohort(data, support_id, count, folder)
-    print(f"\nGPU {torch.cuda.get_device_name(0)}, {count} CHAOS studies, real-size random model (bf16)\n")
+    where = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (a check of this part)"
+    print(f"\n{where}, {count} CHAOS studies, {arch} random model\n")
     _header()
-    build = _register_random_model("real", "cuda")
-    _run(cohort, support, ENGINE_NAME, folder / "warm", workers=2, device="cuda")  # cuDNN autotune, caches
-    seconds = _run(cohort, support, ENGINE_NAME, folder / "gpu-1", workers=2, device="cuda")
-    _row("real-size SD-FSMIS", count, 1, seconds, f"model built in {build:.1f} s (excluded)")
-    torch.cuda.empty_cache()
+    build = _register_random_model(arch, device)
+    _run(cohort, support, ENGINE_NAME, folder / "warm", workers=2, device=device)  # cuDNN autotune, caches
+    seconds = _run(cohort, support, ENGINE_NAME, folder / "gpu-1", workers=2, device=device)
+    _row(f"{arch} SD-FSMIS", count, 1, seconds, f"model built in {build:.1f} s (excluded)")
+    if device == "cuda":
+        torch.cuda.empty_cache()
     out = folder / f"gpu-{processes}"
     command = [
         sys.executable,
@@ -159,6 +165,10 @@ def bench_gpu(data: Path, support_id: int, count: int, processes: int, folder: P
         str(out),
         "--processes",
         str(processes),
+        "--arch",
+        arch,
+        "--device",
+        device,
     ]
     workers = [
         subprocess.Popen([*command, "--index", str(i)], stdout=subprocess.PIPE) for i in range(processes)
@@ -169,11 +179,11 @@ def bench_gpu(data: Path, support_id: int, count: int, processes: int, folder: P
     wall = max(r["end"] for r in results) - min(r["start"] for r in results)
     builds = max(r["build"] for r in results)
     _row(
-        "real-size SD-FSMIS",
+        f"{arch} SD-FSMIS",
         count,
         processes,
         wall,
-        f"sharing the GPU; each built its model in {builds:.0f} s",
+        f"sharing the device; each built its model in {builds:.0f} s",
     )
     missing = [s.id for s in cohort.studies if not (out / f"{s.id}.nii.gz").is_file()]
     if missing:
@@ -185,11 +195,16 @@ def shard_worker(args: argparse.Namespace) -> None:
     from sd_fsmis.core.cohort.run import Shard
 
     cohort, support = _cohort(args.data, args.support_id, args.studies, Path(args.folder))
-    build = _register_random_model("real", "cuda")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)
+    build = _register_random_model(args.arch, args.device)
     shard = Shard(args.index, args.processes)
-    _run(cohort, support, ENGINE_NAME, Path(args.out) / "warm", workers=1, device="cuda", shard=shard)
+    _run(cohort, support, ENGINE_NAME, Path(args.out) / "warm", workers=1, device=args.device, shard=shard)
     start = time.time()
-    _run(cohort, support, ENGINE_NAME, Path(args.out), workers=1, device="cuda", shard=shard)
+    _run(cohort, support, ENGINE_NAME, Path(args.out), workers=1, device=args.device, shard=shard)
     print(json.dumps({"start": start, "end": time.time(), "build": build}))
 
 
@@ -202,6 +217,8 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=8)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--support-id", type=int, default=8)
+    parser.add_argument("--arch", choices=["real", "tiny"], default="real", help="the gpu part's model")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="the gpu part's device")
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
@@ -214,7 +231,15 @@ def main() -> None:
         if args.mode in ("cpu", "all"):
             bench_cpu(args.data, args.support_id, args.studies, Path(tmp) / "cpu")
         if args.mode in ("gpu", "all"):
-            bench_gpu(args.data, args.support_id, args.studies, args.processes, Path(tmp) / "gpu")
+            bench_gpu(
+                args.data,
+                args.support_id,
+                args.studies,
+                args.processes,
+                Path(tmp) / "gpu",
+                args.arch,
+                args.device,
+            )
 
 
 if __name__ == "__main__":

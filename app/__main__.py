@@ -2,6 +2,7 @@
 
 import sys
 
-from sd_fsmis.cli import main
+if __name__ == "__main__":  # worker processes started by "spawn" import this module again: they must not run
+    from sd_fsmis.cli import main
 
-sys.exit(main())
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""``sd-fsmis segment``: segment a whole query volume from annotated support slices."""
+"""``sd-fsmis segment``: segment a whole query volume from annotated support slices, or a cohort of them
+(``--queries FOLDER|MANIFEST --out-dir DIR``, :mod:`sd_fsmis.commands.segment_cohort`)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "segment",
         help="segment a query volume from support slices",
         description="Segment the whole query volume from annotated support slices and write the mask with "
-        "the query's geometry. The support may be the query itself.",
+        "the query's geometry. The support may be the query itself. With --queries, every study of a folder "
+        "or manifest is segmented (one mask per study in --out-dir, a run record, resume); several processes "
+        "share the studies under `accelerate launch -m sd_fsmis segment --queries ...`.",
     )
-    p.add_argument("--query", required=True, metavar="PATH", help="query study (DICOM folder/file, NIfTI)")
+    p.add_argument("--query", metavar="PATH", help="query study (DICOM folder/file, NIfTI)")
+    p.add_argument(
+        "--queries",
+        metavar="FOLDER|MANIFEST",
+        help="a cohort: a folder of studies (NIfTI files, DICOM sub-folders) or a .json/.csv manifest whose "
+        "studies may have their own supports; needs --out-dir",
+    )
     p.add_argument("--query-series", metavar="UID", help="series to use when the query path holds several")
     p.add_argument("--support", metavar="PATH", help="support study (default: the query itself)")
     p.add_argument("--support-series", metavar="UID", help="series of the support study")
-    p.add_argument("--support-mask", required=True, metavar="PATH", help="label map on the support's grid")
+    p.add_argument(
+        "--support-mask",
+        metavar="PATH",
+        help="label map on the support's grid (with --queries: the cohort's support, for the studies a "
+        "manifest gives none)",
+    )
     p.add_argument("--label", type=int, default=1, metavar="N", help="label value to segment (default 1)")
     p.add_argument("--label-name", metavar="NAME", help="name of the structure in the output")
     p.add_argument(
@@ -55,7 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with several supports, each query slice uses the nearest one instead of all K",
     )
-    p.add_argument("--out", required=True, metavar="PATH", help="output mask (.nii or .nii.gz)")
+    p.add_argument("--out", metavar="PATH", help="output mask (.nii or .nii.gz)")
+    p.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="with --queries: the folder of the masks (<study id>.nii.gz) and the run record "
+        "(run-record.jsonl); a rerun skips the studies done with the same settings",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --queries: processes reading the next studies while a model works, or segmenting studies "
+        "at once with a built-in engine (default: automatic; 0: none)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary of the run")
     p.set_defaults(run=run)
 
@@ -93,6 +121,28 @@ def _same_study(a: str, sa: str | None, b: str, sb: str | None) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sd_fsmis.core.errors import UserError
+
+    if args.queries:
+        for option, value in (("--query", args.query), ("--out", args.out), ("--slices", args.slices)):
+            if value:
+                raise UserError(f"{option} is for one study; with --queries give --out-dir")
+        from sd_fsmis.commands.segment_cohort import run_cohort_command
+
+        return run_cohort_command(args)
+    for option, value in (
+        ("--query", args.query),
+        ("--support-mask", args.support_mask),
+        ("--out", args.out),
+    ):
+        if not value:
+            raise UserError(f"{option} is needed (or --queries FOLDER|MANIFEST --out-dir DIR for a cohort)")
+    if args.out_dir or args.workers is not None:
+        raise UserError("--out-dir and --workers are for a cohort (--queries); give --out for one study")
+    return _run_one(args)
+
+
+def _run_one(args: argparse.Namespace) -> int:
     from sd_fsmis.core.engines.segmentation import SupportSource, segment_volume, support_mask_for_label
     from sd_fsmis.core.errors import MaskError, UserError
     from sd_fsmis.core.io.destinations import Inputs, check_destination
@@ -177,10 +227,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_engine(args: argparse.Namespace):
-    from sd_fsmis.core.engines.registry import default_engine_name, load_engine
+def engine_name(args: argparse.Namespace) -> str:
+    """The engine ``--model`` names, else the store's default model, else the built-in default."""
+    from sd_fsmis.core.engines.registry import default_engine_name
 
-    name = args.model or default_engine_name()
+    return args.model or default_engine_name()
+
+
+def _load_engine(args: argparse.Namespace):
+    from sd_fsmis.core.engines.registry import load_engine
+
+    name = engine_name(args)
     precision = None if args.precision == "auto" else args.precision
     return load_engine(name, device=args.device, batch_size=args.batch_size, precision=precision)
 

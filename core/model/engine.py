@@ -3,11 +3,13 @@
 ``segment`` groups the query slices by the support subset that serves them
 (``request.supports_for``); per group it encodes the supports, computes the VTCT token and QE prototypes
 and records the support bank ONCE, then predicts the group's slices in batches (the query pass attends to
-the shared bank; VAE encoding and decoding batched). The batch size follows free GPU memory on CUDA (and is
-halved and retried on an out-of-memory error); on the CPU it is a small constant. Progress is reported per
-batch and cancellation checked between batches; the bank is cleared in any case. On the CPU, freed large
-blocks are reused during a segmentation instead of being unmapped and faulted in again
-(``core/cpu_memory.py``; ``reuse_cpu_memory=False`` turns it off).
+the shared bank; VAE encoding and decoding batched). Within :meth:`SDFSMISEngine.reuse_supports` (a
+cohort: many studies, one support set) a support set met again, slice for slice the same images and masks,
+is not encoded again: its bank and VTCT token are kept and replayed for the next study. The batch size
+follows free GPU memory on CUDA (and is halved and retried on an out-of-memory error); on the CPU it is a
+small constant. Progress is reported per batch and cancellation checked between batches; the bank is
+cleared in any case. On the CPU, freed large blocks are reused during a segmentation instead of being
+unmapped and faulted in again (``core/cpu_memory.py``; ``reuse_cpu_memory=False`` turns it off).
 
 Binarisation (both steps are options of the model's post-processing config): foreground where
 soft > r * max, the max taken over ALL predicted slices of the volume (r = 0.25), then the largest
@@ -16,11 +18,14 @@ soft > r * max, the max taken over ALL predicted slices of the volume (r = 0.25)
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,7 +46,7 @@ from sd_fsmis.core.engines.base import SegmentationRequest, SegmentationResult
 from sd_fsmis.core.errors import ModelError
 from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter
 from sd_fsmis.core.model.config import PostprocessingConfig
-from sd_fsmis.core.model.pipeline import SDFSMISPipeline
+from sd_fsmis.core.model.pipeline import Episode, SDFSMISPipeline
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ CPU_BATCH_SIZE = 4
 MAX_GPU_BATCH_SIZE = 64
 #: share of the free GPU memory the automatic batch size may use
 GPU_MEMORY_FRACTION = 0.7
+#: encoded support sets kept by :meth:`SDFSMISEngine.reuse_supports` (each holds a U-Net bank)
+KEPT_SUPPORT_SETS = 2
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -111,6 +118,11 @@ class SDFSMISEngine:
         #: on the CPU, reuse freed memory blocks during a segmentation (glibc; see core/cpu_memory.py)
         self.reuse_cpu_memory = reuse_cpu_memory
         self._lock = threading.Lock()
+        #: support sets encoded in this cohort: key -> (context, bank entries); None outside reuse_supports
+        self._kept: OrderedDict[str, tuple] | None = None
+        #: support sets encoded and reused since the engine was made (a cohort's record and benchmark)
+        self.supports_encoded = 0
+        self.supports_reused = 0
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -176,6 +188,41 @@ class SDFSMISEngine:
         fit = int(free * GPU_MEMORY_FRACTION) // max(1, self.bytes_per_slice())
         return max(1, min(MAX_GPU_BATCH_SIZE, slices, fit))
 
+    # -- a cohort: one support set, many studies -----------------------------------------------------------
+    @contextlib.contextmanager
+    def reuse_supports(self) -> Iterator[SDFSMISEngine]:
+        """Within the block, each support set is encoded once (VAE, VTCT token, QE prototypes, the support
+        pass's bank) and reused for every later query with the same support slices; forgotten on exit."""
+        with self._lock:
+            self._kept = OrderedDict()
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._kept = None
+                self.pipeline.bank.clear()
+                empty_cache(self.device)
+
+    @contextlib.contextmanager
+    def _episode(self, images: list[np.ndarray], masks: list[np.ndarray]) -> Iterator[Episode]:
+        """An episode for these supports: encoded now, or replayed when kept by :meth:`reuse_supports`."""
+        key = _support_key(images, masks) if self._kept is not None else None
+        kept = self._kept.get(key) if key is not None else None
+        if kept is not None:
+            context, entries = kept
+            self._kept.move_to_end(key)
+            self.supports_reused += 1
+            with self.pipeline.bank.replay(("off", entries)):
+                yield Episode(self.pipeline, context)
+            return
+        with self.pipeline.episode(images, masks) as episode:
+            self.supports_encoded += 1
+            if key is not None:
+                self._kept[key] = (episode.context, self.pipeline.bank.snapshot()[1])
+                while len(self._kept) > KEPT_SUPPORT_SETS:
+                    self._kept.popitem(last=False)
+            yield episode
+
     # -- segmentation -------------------------------------------------------------------------------------
     def segment(
         self,
@@ -204,13 +251,14 @@ class SDFSMISEngine:
         soft = np.zeros(query.shape, dtype=np.float32)
         batch = self.auto_batch_size(len(indices))
         batches = 0
+        encoded, reused = self.supports_encoded, self.supports_reused
         try:
             for support_ids, slices in groups.items():
                 if not support_ids:
                     raise ModelError("a query slice has no support example assigned")
                 images = [request.supports[i].image for i in support_ids]
                 masks = [request.supports[i].mask for i in support_ids]
-                with self.pipeline.episode(images, masks) as episode:
+                with self._episode(images, masks) as episode:
                     position = 0
                     while position < len(slices):
                         reporter.check()
@@ -246,6 +294,8 @@ class SDFSMISEngine:
             "batch_size": batch,
             "batches": batches,
             "support_sets": len(groups),
+            "support_sets_encoded": self.supports_encoded - encoded,
+            "support_sets_reused": self.supports_reused - reused,
             "shots": sorted({len(k) for k in groups}),
             "postprocessing": {
                 "relative_threshold": self.postprocessing.relative_threshold,
@@ -254,3 +304,13 @@ class SDFSMISEngine:
             },
         }
         return SegmentationResult(mask=mask, soft=soft, seconds=seconds, info=info)
+
+
+def _support_key(images: list[np.ndarray], masks: list[np.ndarray]) -> str:
+    """The identity of a support set: its slices' pixels and masks, in order."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for image, mask in zip(images, masks, strict=True):
+        for array in (np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask, dtype=bool)):
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -191,6 +191,15 @@ def build_actions(w: MainWindow) -> WindowActions:
     a.edit["cancel_segment"] = _action(w, "&Cancel segmentation", w.cancel_segmentation, ())
     for name in ("add_support", "segment", "cancel_segment"):
         m.addAction(a.edit[name])
+    m.addSeparator()
+    a.edit["segment_all"] = _action(
+        w, "Segment &all open studies…", w.segment_all_open_studies, (), "The support set on every open study"
+    )
+    a.edit["segment_folder"] = _action(
+        w, "Segment a &folder of studies…", w.segment_folder_of_studies, (), "Masks of a folder of studies"
+    )
+    m.addAction(a.edit["segment_all"])
+    m.addAction(a.edit["segment_folder"])
 
     # -------------------------------------------------------------------------------------------- Models
     m = menu.addMenu("&Models")

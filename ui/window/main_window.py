@@ -39,6 +39,7 @@ from sd_fsmis.ui.viewer.paint_controller import PaintController
 from sd_fsmis.ui.viewer.window_level import Window
 from sd_fsmis.ui.window.actions import build_actions, build_toolbar
 from sd_fsmis.ui.window.autosave_timer import AutosaveTimer
+from sd_fsmis.ui.window.cohort_menu import CohortMenuMixin
 from sd_fsmis.ui.window.mask_files import MaskFiles, wait_cursor
 from sd_fsmis.ui.window.models_menu import ModelsMenuMixin
 from sd_fsmis.ui.window.opening import StudyOpeningMixin
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = (1400, 900)
 
 
-class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
+class MainWindow(StudyOpeningMixin, ModelsMenuMixin, CohortMenuMixin, QtWidgets.QMainWindow):
     """SD-FSMIS desktop's window on one :class:`Session`.
 
     ``autosave_folder``: where the session is autosaved (default ``<data dir>/session``); ``autosave=False``
@@ -523,6 +524,7 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, QtWidgets.QMainWindow):
                 self.fine_tune_wizard.stop_training()
             if self.fine_tune_wizard is not None:
                 self.fine_tune_wizard.shutdown()
+            self.shutdown_cohort()
             for candidate in (self.segment_panel, self.support_panel, self.compare_panel):
                 shutdown = getattr(candidate, "shutdown", None)
                 if callable(shutdown):

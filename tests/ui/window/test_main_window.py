@@ -779,3 +779,33 @@ def test_tool_and_brush_radius_are_remembered_as_they_change(make_window, qtbot)
     qtbot.waitUntil(lambda: settings.tool == "eraser" and settings.brush_radius == 11, timeout=3000)
     again = make_window(settings=settings)
     assert again.paint.tool == "eraser" and again.paint.radius == 11
+
+
+def test_the_segment_menu_segments_all_open_studies(make_window, qtbot):
+    from sd_fsmis.core.io.demo import make_demo_phantom
+    from sd_fsmis.core.session.study import Study
+    from sd_fsmis.core.volume import Volume
+
+    volume, labels = make_demo_phantom()
+    session = Session()
+    for k in range(2):
+        session.add_study(
+            Study(Volume(volume.array.copy(), volume.geometry), path=f"p{k}.nii.gz", name=f"P{k}")
+        )
+    first = session.studies[0]
+    layer = first.add_layer("liver", labels={1: "liver"})
+    z = int(np.flatnonzero((labels.array == 1).any(axis=(1, 2))).mean())
+    layer.set_region(
+        (slice(z, z + 1), slice(None), slice(None)), (labels.array[z : z + 1] == 1).astype(np.uint8)
+    )
+    session.add_support(first, layer, z)
+    window = make_window(session)
+    assert window.actions_.edit["segment_all"].text() == "Segment &all open studies…"
+    window.actions_.edit["segment_all"].trigger()
+    dialog = window.cohort_dialog
+    assert dialog is not None and dialog.isVisible() and "2</b> open studies" in dialog.summary.text()
+    assert dialog.start()
+    qtbot.waitUntil(lambda: not dialog.is_running(), timeout=120_000)
+    assert [run.status for run in session.runs] == ["done", "done"]
+    window.actions_.edit["segment_folder"].trigger()
+    assert window.cohort_dialog is not dialog and window.cohort_dialog.mode == "folder"

@@ -3,7 +3,8 @@
 1. ``main-window.png``: the demo study, the liver painted on three slices as supports, segmented with the
    default built-in engine; the prediction (solid contour) over the reference (dashed contour).
 2. ``compare.png``: the Compare tab with the disagreement map on the image.
-3. ``fine-tune-wizard.png``: the fine-tune wizard's data page with the open study as a training pair.
+3. ``fine-tune-wizard.png``: the fine-tune wizard's data page with the demo image and its label map as a
+   training pair.
 
 Run it after any change to what these show, look at the PNGs, then commit them.
 """
@@ -25,6 +26,7 @@ def main() -> int:
     import numpy as np
     from PySide6 import QtCore
 
+    from sd_fsmis.core.io.demo import demo_image_path, demo_label_path
     from sd_fsmis.ui.application import _wait, make_application
     from sd_fsmis.ui.settings import AppSettings
     from sd_fsmis.ui.window.main_window import MainWindow
@@ -75,6 +77,9 @@ def main() -> int:
     wizard = window.open_fine_tune()
     wizard.resize(1000, 720)
     wizard.next()
+    data = wizard.data_page
+    data.add_pair(demo_image_path(), demo_label_path(), name="demo")  # as "Add image + label…" does
+    _wait(lambda: len(data.entries) > 0 and not data.checks_pending(), 120, "the wizard's check of the pair")
     grab(wizard, "fine-tune-wizard.png")
     wizard.close()
     window.close()

@@ -23,8 +23,8 @@ Masks made by other tools are accepted when they hold whole numbers 0..65535 in 
 negative, NaN/infinite or too-large values, 4-D and multi-component images are refused with
 :class:`~sd_fsmis.core.errors.MaskError`, and so is a file that cannot be a label map although its values
 are whole numbers: an intensity image (more than :data:`MAX_PLAUSIBLE_LABELS` different values, or values
-that change from voxel to voxel like an image's), or the very image it is meant to label
-(:func:`refuse_image_as_mask`).
+that change from voxel to voxel like an image's; not asked of supervoxels, which a ``.supervoxels.json``
+sidecar declares), or the very image it is meant to label (:func:`refuse_image_as_mask`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ IMAGE_LIKE_MIN_VALUES = 32
 IMAGE_LIKE_CHANGE_FRACTION = 0.5
 
 SIDECAR_SUFFIX = ".labels.json"
+#: a sidecar that says its file is a label map of many regions (``sd-fsmis supervoxels``): such a file is
+#: never taken for an image's intensities, however many labels it holds
+SUPERVOXELS_SIDECAR_SUFFIX = ".supervoxels.json"
 SIDECAR_FORMAT = "sd-fsmis label map"
 SIDECAR_VERSION = 1
 
@@ -200,17 +203,17 @@ def make_labels(labels: LabelSpec = None, *, anatomy_colours: bool = False) -> d
     return dict(sorted(table.items()))
 
 
-def labels_sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """The JSON sidecar of a mask file: ``liver.nii.gz`` -> ``liver.labels.json``."""
+def labels_sidecar_path(path: str | os.PathLike[str], suffix: str = SIDECAR_SUFFIX) -> Path:
+    """The JSON sidecar of a mask file: ``liver.nii.gz`` -> ``liver.labels.json`` (or ``suffix``)."""
     p = Path(path)
     name = p.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
             break
     else:
         name = p.stem
-    return p.with_name(name + SIDECAR_SUFFIX)
+    return p.with_name(name + suffix)
 
 
 @dataclass(eq=False)  # arrays: compare .array explicitly
@@ -411,7 +414,8 @@ class LabelMap:
             label_map = cls.from_array(sitk.GetArrayFromImage(image), geometry, table)
         except MaskError as exc:
             raise MaskError(f"{p}: {exc}") from None
-        _refuse_intensity_image(label_map, p)
+        if not labels_sidecar_path(p, SUPERVOXELS_SIDECAR_SUFFIX).is_file():
+            _refuse_intensity_image(label_map, p)
         label_map.warnings.extend(warnings)
         if like is not None and not geometry.matches(like):
             if not resample:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from sd_fsmis.core.io.labelmap import SUPERVOXELS_SIDECAR_SUFFIX, labels_sidecar_path
 from sd_fsmis.core.jobs import CancelToken, ProgressCallback, ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -331,14 +332,9 @@ def prepare_supervoxels(
 
 # ------------------------------------------------------------------------------------------ files
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """``FILE.nii.gz`` -> ``FILE.supervoxels.json`` (the parameters and the count, beside the label map)."""
-    p = Path(path)
-    name = p.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return p.with_name(f"{name}.supervoxels.json")
+    """``FILE.nii.gz`` -> ``FILE.supervoxels.json`` (the parameters and the count, beside the label map;
+    it also tells the label-map reader that the many labels are regions, not an image's intensities)."""
+    return labels_sidecar_path(path, SUPERVOXELS_SIDECAR_SUFFIX)
 
 
 def save_supervoxels(

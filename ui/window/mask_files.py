@@ -17,7 +17,7 @@ from PySide6.QtCore import Qt
 
 from sd_fsmis import __version__
 from sd_fsmis.core.errors import GeometryMismatchError, UserError
-from sd_fsmis.core.io.labelmap import Label
+from sd_fsmis.core.io.labelmap import SUPERVOXELS_SIDECAR_SUFFIX, Label, labels_sidecar_path
 from sd_fsmis.core.session.layers import LabelLayer
 from sd_fsmis.core.session.study import Study
 from sd_fsmis.ui.workers.job_worker import JobWorker
@@ -107,9 +107,12 @@ class MaskFiles(QtCore.QObject):
 
     def ask_label_names(self, layer: LabelLayer) -> QtWidgets.QDialog | None:
         """Offer to name the labels of ``layer`` still called "Label N" (non-modal; None when all have
-        names). Accepting renames them on the layer."""
+        names, or the mask is supervoxels). Accepting renames them on the layer."""
         from sd_fsmis.ui.dialogs.label_names import LabelNamesDialog, unnamed
 
+        source = layer.source_path
+        if source and labels_sidecar_path(source, SUPERVOXELS_SIDECAR_SUFFIX).is_file():
+            return None  # supervoxels: numbered regions, not structures to name
         values = unnamed(layer.labels, layer.label_map.present_labels())
         if not values:
             return None

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from sd_fsmis.core.errors import JobCancelled
+from sd_fsmis.core.errors import JobCancelled, MaskError
 from sd_fsmis.core.geometry import Geometry
 from sd_fsmis.core.io.datasets import FewShotDataset
+from sd_fsmis.core.io.labelmap import MAX_PLAUSIBLE_LABELS, LabelMap
 from sd_fsmis.core.io.loader import load_volume
 from sd_fsmis.core.jobs import CancelToken
 from sd_fsmis.core.training.episodes import EpisodeSampler, load_training_volumes
@@ -156,6 +157,17 @@ def test_saved_supervoxels_lie_on_the_image_grid(chaos_volume, chaos_supervoxels
     assert sidecar["supervoxels"] == chaos_supervoxels.count
     assert SupervoxelParameters.from_dict(sidecar["parameters"]) == chaos_supervoxels.parameters
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sv.nii.gz", "sv.supervoxels.json"]
+
+
+def test_saved_supervoxels_open_as_a_label_map_on_the_image(chaos_volume, chaos_supervoxels, tmp_path):
+    """The application (File > Open mask, the wizard) reads them though they hold hundreds of labels."""
+    assert chaos_supervoxels.count > MAX_PLAUSIBLE_LABELS  # more than a hand-made label map holds
+    out = save_supervoxels(chaos_supervoxels, chaos_volume.geometry, tmp_path / "sv.nii.gz")
+    label_map = LabelMap.load(out, like=chaos_volume.geometry)
+    assert np.array_equal(label_map.array, chaos_supervoxels.labels)
+    sidecar_path(out).unlink()  # without its sidecar, so many values read as an image's intensities
+    with pytest.raises(MaskError, match="not a label map"):
+        LabelMap.load(out, like=chaos_volume.geometry)
 
 
 def test_prepare_fills_the_cache_for_the_volumes_that_need_it(chaos_dir, tmp_path):

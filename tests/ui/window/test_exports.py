@@ -134,3 +134,23 @@ def test_a_label_map_without_names_asks_for_them(make_window, ct_series, tmp_pat
     # a mask whose labels have names asks nothing
     window.files.names_dialog = None
     assert window.files.ask_label_names(layer) is None
+
+
+def test_supervoxels_open_as_a_mask_without_asking_for_names(make_window, ct_series, tmp_path):
+    """`sd-fsmis supervoxels` output: hundreds of numbered regions, opened as a mask, nothing to name."""
+    from sd_fsmis.core.training.supervoxels import SupervoxelParameters, Supervoxels, save_supervoxels
+
+    window = make_window()
+    window.open_paths([ct_series])
+    assert window.wait_idle(60_000)
+    study = window.active_study
+    z, h, w = study.volume.shape
+    blocks = np.arange(z * (h // 2) * (w // 2), dtype=np.int32).reshape(z, h // 2, w // 2) + 1
+    labels = np.kron(blocks, np.ones((1, 2, 2), np.int32))  # 2 x 2 pixel regions: hundreds of labels
+    result = Supervoxels(labels, labels > 0, SupervoxelParameters())
+    assert result.count > 255
+    path = save_supervoxels(result, study.geometry, tmp_path / "sv.nii.gz")
+    window.files.load(path)
+    assert window.wait_idle(60_000), window.errors
+    assert np.array_equal(study.active_layer.label_map.array, result.labels)
+    assert window.files.names_dialog is None and not window.errors

@@ -23,6 +23,7 @@ never written next to the user's data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 #: the format of the cache's sidecar files (bump when the meaning of the parameters changes)
 CACHE_FORMAT = "sd-fsmis-supervoxels"
 CACHE_VERSION = 1
+#: the cache is kept under this size: the least recently used entries go first (a CHAOS volume's entry is
+#: about 0.15 MB, so this holds over ten thousand volumes)
+CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ def cached_supervoxels(
                 and stored == p
             ):
                 log.info("supervoxels from the cache: %s", path)
+                _touch(path)
                 return Supervoxels(labels, foreground, p, str(path), from_cache=True)
             log.warning("cache entry %s does not match the volume: computing again", path)
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
@@ -261,9 +266,45 @@ def cached_supervoxels(
     try:
         _write_cache(path, result)
         result.cache_path = str(path)
+        trim_cache(folder, keep=path)
     except OSError as exc:
         log.warning("supervoxels not cached in %s: %s", folder, exc)
     return result
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache entry as used now (its modification time orders the trimming)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def trim_cache(folder: str | os.PathLike[str], limit: int | None = None, keep: Path | None = None) -> int:
+    """Delete the least recently used entries of a supervoxel cache folder until it holds at most ``limit``
+    bytes (default :data:`CACHE_LIMIT_BYTES`), never ``keep``; returns the number deleted."""
+    limit = CACHE_LIMIT_BYTES if limit is None else limit
+    entries = []
+    for p in Path(folder).glob("*.npz"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if keep is not None and p == keep:
+            continue
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    if removed:
+        log.info("supervoxel cache %s: %d least recently used entries removed", folder, removed)
+    return removed
 
 
 def _write_cache(path: Path, result: Supervoxels) -> None:

@@ -23,6 +23,7 @@ from sd_fsmis.core.training.supervoxels import (
     prepare_supervoxels,
     save_supervoxels,
     sidecar_path,
+    trim_cache,
     volumes_needing_supervoxels,
 )
 from sd_fsmis.core.volume import Volume
@@ -168,6 +169,19 @@ def test_saved_supervoxels_open_as_a_label_map_on_the_image(chaos_volume, chaos_
     sidecar_path(out).unlink()  # without its sidecar, so many values read as an image's intensities
     with pytest.raises(MaskError, match="not a label map"):
         LabelMap.load(out, like=chaos_volume.geometry)
+
+
+def test_the_cache_stays_under_its_size_limit_dropping_the_least_recently_used(tmp_path):
+    import os
+
+    for i, name in enumerate(["old", "used", "new"]):
+        (tmp_path / f"{name}.npz").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"{name}.npz", (1000 + i, 1000 + i))
+    os.utime(tmp_path / "used.npz", (5000, 5000))  # read from the cache since: most recently used
+    assert trim_cache(tmp_path, limit=2500) == 1
+    assert sorted(p.stem for p in tmp_path.glob("*.npz")) == ["new", "used"]
+    assert trim_cache(tmp_path, limit=10, keep=tmp_path / "new.npz") == 1  # the entry just written stays
+    assert [p.stem for p in tmp_path.glob("*.npz")] == ["new"]
 
 
 def test_prepare_fills_the_cache_for_the_volumes_that_need_it(chaos_dir, tmp_path):

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sd_fsmis.core.errors import MaskError
@@ -353,6 +354,77 @@ class Session:
         self.refresh_run_dice([run.id])
         return layer, self.runs.get(run.id)
 
+    # -- runs of studies segmented from disk (a folder cohort), not open -----------------------------------
+    def record_file_run(
+        self,
+        *,
+        study_name: str,
+        image: str,
+        series: str | None,
+        mask: str | None,
+        engine: str,
+        label_name: str,
+        k: int,
+        model: str = "",
+        device: str = "",
+        seconds: float | None = None,
+        status: str = "done",
+        message: str = "",
+        settings: dict | None = None,
+    ) -> Run:
+        """Record the finished run of a study segmented from its file (not open here): its image, series
+        and mask file are kept in the run's settings so that :meth:`attach_file_run` can open them later."""
+        return self.runs.add(
+            Run(
+                engine=engine,
+                query_study_id="",
+                label_name=label_name,
+                model=model,
+                k=k,
+                device=device,
+                duration_s=None if seconds is None else round(float(seconds), 3),
+                status=status,
+                message=message,
+                result_layer_name=Path(mask).name if mask else "",
+                settings={
+                    **(settings or {}),
+                    "study_name": study_name,
+                    "image": str(image),
+                    "series": series,
+                    "mask": str(mask) if mask else None,
+                },
+            )
+        )
+
+    def file_runs_for(self, study: Study) -> list[Run]:
+        """The recorded file runs (:meth:`record_file_run`) of ``study``'s image and series not yet shown
+        on it."""
+        found = []
+        for run in self.runs:
+            image = run.settings.get("image")
+            if run.query_study_id or not image or run.status != "done" or not run.settings.get("mask"):
+                continue
+            if _same_path(image, study.path) and (run.settings.get("series") or None) in (
+                None,
+                study.series_uid,
+            ):
+                found.append(run)
+        return found
+
+    def attach_file_run(self, run: Run, study: Study) -> LabelLayer:
+        """Open a file run's mask on ``study`` (its image, now open) as a prediction layer and make the run
+        that study's, with its Dice against the reference when there is one."""
+        mask = run.settings.get("mask")
+        if not mask:
+            raise ValueError(f"run {run.id} has no mask file")
+        name = f"{run.label_name} · {run.model or run.engine} {run.k}-shot".strip(" ·")
+        layer = study.load_layer(mask, name=name, kind="prediction", activate=True)
+        self.runs.update(
+            run.id, query_study_id=study.id, result_layer_id=layer.id, result_layer_name=layer.name
+        )
+        self.refresh_run_dice([run.id])
+        return layer
+
     def fail_run(self, run: Run, *, cancelled: bool = False, message: str = "") -> Run:
         """Mark a run cancelled or failed (the job raised)."""
         return self.runs.finish(run.id, status="cancelled" if cancelled else "failed", message=message)
@@ -430,3 +502,13 @@ def layer_summary(layer: LabelLayer) -> dict:
     """Voxel counts per label (for a layer panel tooltip)."""
     counts = layer.label_map.voxel_counts()
     return {layer.label_map.label_name(v): int(n) for v, n in counts.items()}
+
+
+def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file or folder (resolved; links followed)."""
+    if not a or not b:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()

@@ -7,7 +7,8 @@ Segment panel and the support set of the Support panel:
 - **open studies**: each open study is segmented in turn (the support set encoded once for a model); every
   result becomes a prediction layer of its study and a run of the runs table as soon as it is done;
 - **a folder of studies** (or a manifest): the studies are read from disk one by one, each mask is written
-  to the output folder named by the study's id, with the run record (``run-record.jsonl``); a rerun skips
+  to the output folder named by the study's id, with the run record (``run-record.jsonl``), and becomes a
+  run of the runs table (under "All studies"; a double-click opens the study with its mask); a rerun skips
   the studies done before with the same settings.
 
 A table shows each study's state (waiting, its slices, done, failed with the reason); Cancel stops at the
@@ -63,6 +64,10 @@ class _Plan:
 
     inputs: dict[str, SegmentationInputs] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
+    #: a folder run: study id -> (image, series) as listed, the output folder, the supports' count
+    files: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    out_dir: str = ""
+    k: int = 0
 
 
 def segment_open_studies(
@@ -91,7 +96,7 @@ def segment_folder(
 ):
     """The job of "Segment a folder of studies" (worker thread): the core cohort job into ``out_dir``."""
     cohort = open_cohort(queries, exclude=[out_dir])
-    listed.emit([s.id for s in cohort.studies])
+    listed.emit([(s.id, s.image, s.series) for s in cohort.studies])
     return run_cohort(
         cohort,
         out_dir,
@@ -122,7 +127,7 @@ class CohortDialog(QtWidgets.QDialog):
         self.worker: JobWorker | None = None
         self._relay = _Relay(self)
         self._relay.studyDone.connect(self._study_done)
-        self.studiesListed.connect(self._set_rows)
+        self.studiesListed.connect(self._folder_listed)
         self._plan = _Plan()
         self._rows: dict[str, int] = {}
         self.last_error = ""
@@ -225,8 +230,9 @@ class CohortDialog(QtWidgets.QDialog):
         else:
             self.summary.setText(
                 f"Segment <b>{structure}</b> on every study of a folder with {self._engine_text()}, from the "
-                f"support set ({slices}). The masks are written to the output folder; "
-                "studies done before with the same settings are skipped."
+                f"support set ({slices}). The masks are written to the output folder and listed in the runs "
+                "table (All studies; double-click one to open it with its mask); studies done before with "
+                "the same settings are skipped."
             )
         reason = self.start_disabled_reason()
         self.start_button.setEnabled(not reason)
@@ -255,6 +261,11 @@ class CohortDialog(QtWidgets.QDialog):
             self._set(row, 1, "waiting")
             for column in range(2, len(COLUMNS)):
                 self._set(row, column, "")
+
+    def _folder_listed(self, studies: list[tuple[str, str, str | None]]) -> None:
+        """The studies of the folder (worker thread, once read): a row each, their files kept for the runs."""
+        self._plan.files = {sid: (image, series) for sid, image, series in studies}
+        self._set_rows([sid for sid, _image, _series in studies])
 
     def _set(self, row: int, column: int, text: str) -> None:
         item = self.table.item(row, column)
@@ -353,6 +364,7 @@ class CohortDialog(QtWidgets.QDialog):
         self.table.setRowCount(0)
         self._rows = {}
         queries, out = self.queries_edit.text().strip(), self.out_edit.text().strip()
+        self._plan = _Plan(out_dir=out, k=len(chosen))
         return partial(
             segment_folder,
             queries,
@@ -417,6 +429,8 @@ class CohortDialog(QtWidgets.QDialog):
                 except (KeyError, ValueError):  # the study was closed meanwhile
                     if run is not None:
                         self.session.fail_run(run, message="the study was closed before it was segmented")
+        elif sid in self._plan.files:
+            self._record_file_run(sid, record, failed)
         if row is None:
             return
         self._set(row, 1, "failed" if failed else "done")
@@ -428,6 +442,27 @@ class CohortDialog(QtWidgets.QDialog):
         if failed:
             item.setForeground(Qt.GlobalColor.red)
             item.setToolTip(str(record.get("error") or ""))
+
+    def _record_file_run(self, sid: str, record: dict, failed: bool) -> None:
+        """A folder study's result in the runs table ("All studies"; double-click opens it with its mask)."""
+        image, series = self._plan.files[sid]
+        engine = self.choice.engine
+        out = record.get("out")
+        self.session.record_file_run(
+            study_name=sid,
+            image=image,
+            series=series,
+            mask=None if failed or not out else str(Path(self._plan.out_dir) / str(out)),
+            engine=engine if is_builtin(engine) else "sd-fsmis",
+            model="" if is_builtin(engine) else engine,
+            label_name=self.choice.label_name,
+            k=self._plan.k,
+            device=str(record.get("device") or ""),
+            seconds=record.get("seconds"),
+            status="failed" if failed else "done",
+            message=str(record.get("error") or "; ".join(record.get("warnings") or [])),
+            settings={"cohort_folder": self._plan.out_dir},
+        )
 
     def _finish(self, text: str) -> None:
         for sid, run in list(self._plan.runs.items()):  # not reached: cancelled or stopped by an error

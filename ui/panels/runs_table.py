@@ -3,7 +3,9 @@
 Rows follow the session's :class:`~sd_fsmis.core.session.runs.RunList` events; Dice is the run's (the session
 keeps it up to date against the reference); HD95 is computed here, in a worker, for the finished runs whose
 prediction lies on the reference's study (cached per run, prediction and reference version). Selecting a run
-makes its prediction layer the active layer of its study and emits ``runSelected(run_id)``.
+makes its prediction layer the active layer of its study and emits ``runSelected(run_id)``. Runs of studies
+segmented from their files ("Segment a folder of studies") are listed under "All studies"; a double-click on
+one emits ``openRequested(run_id)``: the window opens the study with its mask.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def _hd95_job(
     return out
 
 
+def is_file_run(run: Run) -> bool:
+    """A finished run of a study segmented from its file, not open (yet): its mask can be opened."""
+    return not run.query_study_id and run.status == "done" and bool(run.settings.get("mask"))
+
+
 def run_model_text(run: Run) -> str:
     return run.model or run.engine
 
@@ -84,6 +91,7 @@ class RunsTable(QtWidgets.QWidget):
     studies" is ticked). Signal ``runSelected(run_id)``."""
 
     runSelected = Signal(str)
+    openRequested = Signal(str)
 
     def __init__(self, session: Session, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -105,6 +113,7 @@ class RunsTable(QtWidgets.QWidget):
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.table.itemDoubleClicked.connect(self._double_clicked)
         self.all_studies_check = QtWidgets.QCheckBox("All studies")
         self.all_studies_check.setToolTip("Also list the runs of the other open studies")
         self.all_studies_check.toggled.connect(lambda _on: self.refresh())
@@ -151,6 +160,8 @@ class RunsTable(QtWidgets.QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if run.message:
                     item.setToolTip(run.message)
+                elif is_file_run(run):
+                    item.setToolTip(f"{run.settings.get('mask')}: double-click to open the study with it")
                 self.table.setItem(row, column, item)
         self.table.setSortingEnabled(True)
         if selected is not None:
@@ -174,6 +185,8 @@ class RunsTable(QtWidgets.QWidget):
         ]
 
     def _study_name(self, run: Run) -> str:
+        if not run.query_study_id and run.settings.get("study_name"):
+            return f"{run.settings['study_name']} (not open)"
         try:
             return self.session.study(run.query_study_id).name
         except (KeyError, LookupError, ValueError):
@@ -225,6 +238,14 @@ class RunsTable(QtWidgets.QWidget):
                 self.session.set_active_study(study)
                 study.set_active_layer(layer)
         self.runSelected.emit(run_id)
+
+    def _double_clicked(self, item: QtWidgets.QTableWidgetItem) -> None:
+        try:
+            run = self.session.runs.get(item.data(RUN_ROLE))
+        except KeyError:
+            return
+        if is_file_run(run):
+            self.openRequested.emit(run.id)
 
     # ---------------------------------------------------------------------------------------------- HD95
     def _key(self, run_id: str) -> tuple | None:

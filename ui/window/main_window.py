@@ -194,6 +194,8 @@ class MainWindow(StudyOpeningMixin, ModelsMenuMixin, CohortMenuMixin, QtWidgets.
             self.support_panel.goToSupport.connect(self.go_to_support)
         if self.compare_panel is not None and hasattr(self.compare_panel, "goToSlice"):
             self.compare_panel.goToSlice.connect(self.viewer.go_to_slice)
+        if self.compare_panel is not None and hasattr(self.compare_panel, "runs_table"):
+            self.compare_panel.runs_table.openRequested.connect(self.open_file_run)
         if self.compare_panel is not None and hasattr(self.compare_panel, "confusionChanged"):
             self.compare_panel.confusionChanged.connect(self._show_confusion)
         if self.segment_panel is not None:

@@ -75,6 +75,7 @@ class StudyOpeningMixin:
         plan = study.volume.metadata.regularization
         if plan is not None:  # said once here; the studies panel keeps it with the other warnings
             self.status.showMessage(f"{study.name}: {plan.note}", 30_000)
+        self.show_wanted_file_runs(study)  # opened from the runs table: its cohort mask on it
         if self.paint.tool == "navigate":
             self.paint.set_tool("brush")
         self.viewer.views[self.viewer.main_view].graphics.setFocus()

@@ -206,6 +206,55 @@ def test_run_records_and_dice_against_the_reference(session_with_study):
     assert session.reference is None and session.active_study is None
 
 
+def test_a_study_segmented_from_its_file_is_shown_with_its_mask_when_opened(tmp_path):
+    """A folder cohort's result: recorded as a run of a study not open, attached when it is opened."""
+    volume, organ = _blob_volume()
+    image = tmp_path / "blob0.nii.gz"
+    image.write_bytes(b"")  # the study's file (only its identity matters here)
+    mask = tmp_path / "out" / "blob0.nii.gz"
+    mask.parent.mkdir()
+    prediction = organ.copy()
+    prediction[:, :, :28] = False  # half the organ: a Dice well below 1
+    LabelMap.from_array(prediction.astype(np.uint8), volume.geometry, {1: "liver"}).save(mask)
+    session = Session()
+    run = session.record_file_run(
+        study_name="blob0",
+        image=str(image),
+        series=None,
+        mask=str(mask),
+        engine="propagation",
+        label_name="liver",
+        k=3,
+        device="CPU",
+        seconds=1.25,
+    )
+    failed = session.record_file_run(
+        study_name="broken",
+        image=str(tmp_path / "broken.nii.gz"),
+        series=None,
+        mask=None,
+        engine="propagation",
+        label_name="liver",
+        k=3,
+        status="failed",
+        message="not an image",
+    )
+    assert run.status == "done" and run.duration_s == 1.25 and run.query_study_id == ""
+    assert failed.status == "failed" and failed.message == "not an image"
+    other = session.add_study(Study(_blob_volume(seed=1)[0], path=str(tmp_path / "other.nii.gz")))
+    assert session.file_runs_for(other) == []
+    study = session.add_study(Study(volume, path=str(image)))
+    assert session.file_runs_for(study) == [run]
+    reference = study.add_layer("ground truth", LabelMap.from_array(organ, study.geometry, {1: "liver"}))
+    session.set_reference(reference)
+    layer = session.attach_file_run(run, study)
+    assert layer.kind == "prediction" and np.array_equal(layer.array > 0, prediction)
+    run = session.runs.get(run.id)
+    assert run.query_study_id == study.id and run.result_layer_id == layer.id
+    assert run.dice is not None and 0.3 < run.dice < 0.9  # the half organ, against the reference
+    assert session.file_runs_for(study) == []  # shown once
+
+
 def test_layer_label_map_must_match_the_study(session_with_study):
     _, study, _ = session_with_study
     wrong = LabelMap.empty(Geometry.identity((3, 4, 5)))

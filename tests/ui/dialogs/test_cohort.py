@@ -107,6 +107,24 @@ def test_a_folder_of_studies_writes_masks_and_records_a_bad_one(qtbot, tmp_path,
     assert sorted(json.loads(line)["study"] for line in lines) == ["broken", "image_2"]
     assert "1 segmented, 1 failed" in dialog.status_label.text()
     _screenshot(dialog, "cohort-folder.png")
+    # the results are runs of the runs table, under "All studies"; a double-click asks to open one
+    from sd_fsmis.ui.panels.runs_table import STUDY_COLUMN, RunsTable
+
+    runs = {r.settings["study_name"]: r for r in session.runs}
+    assert runs["image_2"].status == "done" and runs["broken"].status == "failed"
+    assert runs["image_2"].settings["mask"] == str(tmp_path / "masks/image_2.nii.gz")
+    assert runs["image_2"].label_name == "liver" and runs["image_2"].k == 1
+    table = RunsTable(session)
+    qtbot.addWidget(table)
+    assert table.table.rowCount() == 0  # the active study's runs only
+    table.all_studies_check.setChecked(True)
+    names = sorted(table.row_values(r)[STUDY_COLUMN] for r in range(table.table.rowCount()))
+    assert names == ["broken (not open)", "image_2 (not open)"]
+    asked = []
+    table.openRequested.connect(asked.append)
+    for row in range(table.table.rowCount()):
+        table.table.itemDoubleClicked.emit(table.table.item(row, 0))
+    assert asked == [runs["image_2"].id]  # the failed one has no mask to open
     assert dialog.start()  # again: image_2 was done with the same settings
     qtbot.waitUntil(lambda: not dialog.is_running(), timeout=180_000)
     assert dialog.row_texts()[1][1] == "skipped (done before)"

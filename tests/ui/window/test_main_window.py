@@ -809,3 +809,44 @@ def test_the_segment_menu_segments_all_open_studies(make_window, qtbot):
     assert [run.status for run in session.runs] == ["done", "done"]
     window.actions_.edit["segment_folder"].trigger()
     assert window.cohort_dialog is not dialog and window.cohort_dialog.mode == "folder"
+
+
+def test_a_folder_study_opens_from_the_runs_table_with_its_mask(make_window, demo_cache, tmp_path):
+    """A "Segment a folder of studies" result: double-click in the runs table opens the study with it."""
+    from sd_fsmis.core.io.demo import demo_study_paths
+
+    image, labels_path = demo_study_paths()
+    labels = LabelMap.load(labels_path)
+    mask = tmp_path / "masks" / "demo.nii.gz"
+    mask.parent.mkdir()
+    LabelMap.from_array((labels.array == 1).astype(np.uint8), labels.geometry, {1: "liver"}).save(mask)
+    window = make_window()
+    run = window.session.record_file_run(
+        study_name="demo",
+        image=str(image),
+        series=None,
+        mask=str(mask),
+        engine="propagation",
+        label_name="liver",
+        k=3,
+        device="CPU",
+        seconds=2.0,
+    )
+    table = window.compare_panel.runs_table
+    table.all_studies_check.setChecked(True)
+    assert table.table.rowCount() == 1
+    table.table.itemDoubleClicked.emit(table.table.item(0, 0))
+    assert window.wait_idle(60_000), window.errors
+    study = window.session.active_study
+    assert study is not None and Path(study.path).name == image.name
+    layer = study.active_layer
+    assert layer.kind == "prediction" and np.array_equal(layer.array > 0, labels.array == 1)
+    run = window.session.runs.get(run.id)
+    assert run.query_study_id == study.id and run.result_layer_id == layer.id
+    table.all_studies_check.setChecked(False)
+    assert table.table.rowCount() == 1  # now a run of the open study
+    # once more: already shown, it is shown again, nothing opened twice
+    layers = len(study.layers)
+    study.set_active_layer(study.layers[0])
+    assert window.open_file_run(run.id) and window.wait_idle(60_000)
+    assert len(window.session.studies) == 1 and len(study.layers) == layers and study.active_layer is layer

@@ -5,6 +5,7 @@
 2. ``compare.png``: the Compare tab with the disagreement map on the image.
 3. ``fine-tune-wizard.png``: the fine-tune wizard's data page with the demo image and its label map as a
    training pair.
+4. ``cohort.png``: "Segment a folder of studies" on three copies of the demo and a damaged file.
 
 Run it after any change to what these show, look at the PNGs, then commit them.
 """
@@ -12,6 +13,7 @@ Run it after any change to what these show, look at the PNGs, then commit them.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -82,6 +84,20 @@ def main() -> int:
     _wait(lambda: len(data.entries) > 0 and not data.checks_pending(), 120, "the wizard's check of the pair")
     grab(wizard, "fine-tune-wizard.png")
     wizard.close()
+    # a folder of studies: copies of the demo (the same image, so the same volume) and a damaged file
+    trial = Path(tempfile.mkdtemp(prefix="sd-fsmis-trial-"))
+    (trial / "scans").mkdir()
+    for k in (1, 2, 3):
+        (trial / "scans" / f"patient_{k:03d}.nii.gz").symlink_to(demo_image_path())
+    (trial / "scans" / "patient_004.nii.gz").write_bytes(b"truncated transfer" * 15)
+    cohort = window.segment_folder_of_studies()
+    cohort.queries_edit.setText(str(trial / "scans"))
+    cohort.out_edit.setText(str(trial / "livers"))
+    cohort.start()
+    _wait(lambda: not cohort.is_running(), 300, "the folder of studies")
+    grab(cohort, "cohort.png")
+    cohort.close()
+    shutil.rmtree(trial, ignore_errors=True)
     window.close()
     dice = f", Dice {run.dice:.3f}" if run is not None and run.dice is not None else ""
     print(f"wrote {', '.join(p.name for p in shots)} to {OUT}{dice}")

@@ -38,7 +38,7 @@ def _cohort(data: Path, support_id: int, count: int, folder: Path):
     from sd_fsmis.core.cohort.studies import SupportSpec, open_cohort
 
     ids = sorted(int(p.name[6:-7]) for p in (data / "images").glob("image_*.nii.gz"))
-    ids = [i for i in ids if i != support_id]
+    ids = [i for i in ids if i != support_id] or ids  # one volume only (the GPU check's data): itself
     studies = folder / "studies"
     studies.mkdir(parents=True, exist_ok=True)
     for k in range(count):

@@ -48,7 +48,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-STAGES = ("env", "inference", "model", "training", "segment", "train", "pytest")
+STAGES = ("env", "inference", "model", "training", "segment", "train", "pytest", "cohort")
 #: time limit of each stage (seconds) at real size on one H200, and in --small mode (2 shared CPU cores)
 LIMITS = {
     "env": (60, 120),
@@ -58,7 +58,11 @@ LIMITS = {
     "segment": (90, 240),
     "train": (200, 900),
     "pytest": (90, 300),
+    "cohort": (150, 600),
 }
+#: studies of the cohort stage (issue 17: studies per hour, 1 process vs several sharing the GPU)
+COHORT_STUDIES = (16, 3)
+COHORT_PROCESSES = 2
 TRAIN_STEPS = 20
 INTERRUPT_AT = 5  # SIGINT once the progress bar shows this step; the trainer stops after the current step
 #: targets of issue 19 (GiB: a "12 GB" card has 12 GiB)
@@ -423,6 +427,30 @@ class Check:
             )
         )
 
+    def stage_cohort(self) -> None:
+        """Issue 17's GPU table: a cohort with a real-size random model, 1 process vs several sharing it."""
+        limit = self.gate("cohort")
+        if limit is None:
+            return
+        if self.data_dir is None:
+            self.skip("cohort", "no CHAOS data (.gpu-data/chaos-t2 or ../shared/data/chaos-t2)")
+            return
+        image, _label = chaos_case(self.data_dir)
+        studies = COHORT_STUDIES[1 if self.small else 0]
+        argv = [self.py, str(BENCH / "bench_cohort.py"), "--mode", "gpu", "--data", str(self.data_dir)]
+        argv += ["--support-id", image.name[6:-7], "--studies", str(studies)]
+        argv += ["--processes", str(COHORT_PROCESSES), "--arch", self.arch]
+        argv += ["--device", "cuda" if self.cuda else "cpu"]
+        run = self.run("cohort", argv, limit)
+        rows = [line for line in run.text.splitlines() if line.startswith("| ") and "SD-FSMIS" in line]
+        if not run.ok or len(rows) < 2:
+            self.failed("cohort", run, "bench_cohort.py --mode gpu")
+            return
+        cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+        parts = [f"{c[2]} process(es): {float(c[4]):.2f} s/study, {c[5]}/h" for c in cells]
+        summary = "; ".join(parts)
+        self.record(Result("cohort", "ok", run.seconds, f"{studies} studies, {summary}", {"rows": rows}))
+
     def stage_train(self) -> None:
         limit = self.gate("train")
         if limit is None:
@@ -559,6 +587,7 @@ class Check:
             self.stage_segment,
             self.stage_train,
             self.stage_pytest,
+            self.stage_cohort,
         ):
             try:
                 stage()

@@ -43,7 +43,7 @@ from sd_fsmis.core.cohort.studies import Cohort, CohortStudy, SupportSpec
 from sd_fsmis.core.engines.registry import is_builtin, load_engine
 from sd_fsmis.core.engines.segmentation import SegmentationOutcome, SupportSource, segment_volume
 from sd_fsmis.core.errors import JobCancelled, MaskError, UserError
-from sd_fsmis.core.io.destinations import Inputs, OutputError, check_destination_folder
+from sd_fsmis.core.io.destinations import Inputs, OutputError, check_destination_folder, same_path
 from sd_fsmis.core.jobs import CancelToken, Progress, ProgressCallback
 from sd_fsmis.core.volume import Volume
 
@@ -411,7 +411,7 @@ def load_support(
     is_query = study is not None and (
         spec.image is None
         or (
-            _same_file(spec.image, study_path)
+            same_path(spec.image, study_path)
             and spec.series in (None, "", study.metadata.series_instance_uid)
         )
     )
@@ -430,15 +430,6 @@ def load_support(
         is_query=is_query,
         name=str(image_path),
     )
-
-
-def _same_file(a: str | None, b: str | None) -> bool:
-    if not a or not b:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _load(item: _Item | MemoryStudy, settings: CohortSettings) -> _Loaded:
@@ -565,7 +556,7 @@ def _for_this_study(
     path = item.study.image if isinstance(item, _Item) else ""
     out = []
     for source in cohort_sources:
-        same = path and _same_file(source.name, path) and source.volume.shape == volume.shape
+        same = path and same_path(source.name, path) and source.volume.shape == volume.shape
         out.append(replace(source, volume=volume, is_query=True) if same else source)
     return out
 

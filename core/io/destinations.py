@@ -61,6 +61,17 @@ def write_failure_reason(exc: BaseException) -> str:
     return " ".join(str(reason).split())
 
 
+def same_path(a: str | os.PathLike[str] | None, b: str | os.PathLike[str] | None) -> bool:
+    """Whether two paths name the same file or folder (links followed; by resolved path when one of them
+    cannot be examined); an empty path is nobody's."""
+    if not a or not b:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sd_fsmis.core.errors import MaskError
+from sd_fsmis.core.io.destinations import same_path
 from sd_fsmis.core.io.labelmap import Label
 from sd_fsmis.core.session.events import Events
 from sd_fsmis.core.session.layers import LabelLayer
@@ -404,7 +405,7 @@ class Session:
             image = run.settings.get("image")
             if run.query_study_id or not image or run.status != "done" or not run.settings.get("mask"):
                 continue
-            if _same_path(image, study.path) and (run.settings.get("series") or None) in (
+            if same_path(image, study.path) and (run.settings.get("series") or None) in (
                 None,
                 study.series_uid,
             ):
@@ -502,13 +503,3 @@ def layer_summary(layer: LabelLayer) -> dict:
     """Voxel counts per label (for a layer panel tooltip)."""
     counts = layer.label_map.voxel_counts()
     return {layer.label_map.label_name(v): int(n) for v, n in counts.items()}
-
-
-def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether two paths name the same file or folder (resolved; links followed)."""
-    if not a or not b:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return Path(a).resolve() == Path(b).resolve()

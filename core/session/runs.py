@@ -62,6 +62,12 @@ class Run:
         kwargs["settings"] = dict(kwargs.get("settings") or {})
         return cls(**kwargs)
 
+    @property
+    def awaits_its_study(self) -> bool:
+        """A finished run of a study segmented from its file (``Session.record_file_run``) whose study is
+        not open here yet: its mask can be opened on it."""
+        return not self.query_study_id and self.status == "done" and bool(self.settings.get("mask"))
+
 
 class RunList:
     """The session's runs, oldest first.

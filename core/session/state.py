@@ -400,17 +400,13 @@ class Session:
     def file_runs_for(self, study: Study) -> list[Run]:
         """The recorded file runs (:meth:`record_file_run`) of ``study``'s image and series not yet shown
         on it."""
-        found = []
-        for run in self.runs:
-            image = run.settings.get("image")
-            if run.query_study_id or not image or run.status != "done" or not run.settings.get("mask"):
-                continue
-            if same_path(image, study.path) and (run.settings.get("series") or None) in (
-                None,
-                study.series_uid,
-            ):
-                found.append(run)
-        return found
+        return [
+            run
+            for run in self.runs
+            if run.awaits_its_study
+            and same_path(run.settings.get("image"), study.path)
+            and (run.settings.get("series") or None) in (None, study.series_uid)
+        ]
 
     def attach_file_run(self, run: Run, study: Study) -> LabelLayer:
         """Open a file run's mask on ``study`` (its image, now open) as a prediction layer and make the run

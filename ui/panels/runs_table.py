@@ -70,11 +70,6 @@ def _hd95_job(
     return out
 
 
-def is_file_run(run: Run) -> bool:
-    """A finished run of a study segmented from its file, not open (yet): its mask can be opened."""
-    return not run.query_study_id and run.status == "done" and bool(run.settings.get("mask"))
-
-
 def run_model_text(run: Run) -> str:
     return run.model or run.engine
 
@@ -160,7 +155,7 @@ class RunsTable(QtWidgets.QWidget):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 if run.message:
                     item.setToolTip(run.message)
-                elif is_file_run(run):
+                elif run.awaits_its_study:
                     item.setToolTip(f"{run.settings.get('mask')}: double-click to open the study with it")
                 self.table.setItem(row, column, item)
         self.table.setSortingEnabled(True)
@@ -244,7 +239,7 @@ class RunsTable(QtWidgets.QWidget):
             run = self.session.runs.get(item.data(RUN_ROLE))
         except KeyError:
             return
-        if is_file_run(run):
+        if run.awaits_its_study:
             self.openRequested.emit(run.id)
 
     # ---------------------------------------------------------------------------------------------- HD95

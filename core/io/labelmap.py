@@ -216,6 +216,12 @@ def labels_sidecar_path(path: str | os.PathLike[str], suffix: str = SIDECAR_SUFF
     return p.with_name(name + suffix)
 
 
+def is_supervoxel_file(path: str | os.PathLike[str]) -> bool:
+    """Whether a mask file is declared supervoxels by its ``.supervoxels.json`` sidecar: numbered regions,
+    however many, rather than structures (or an image's intensities)."""
+    return labels_sidecar_path(path, SUPERVOXELS_SIDECAR_SUFFIX).is_file()
+
+
 @dataclass(eq=False)  # arrays: compare .array explicitly
 class LabelMap:
     """A mask on a volume's grid: ``array`` ``(slice, row, column)`` uint8/uint16, 0 = background.
@@ -414,7 +420,7 @@ class LabelMap:
             label_map = cls.from_array(sitk.GetArrayFromImage(image), geometry, table)
         except MaskError as exc:
             raise MaskError(f"{p}: {exc}") from None
-        if not labels_sidecar_path(p, SUPERVOXELS_SIDECAR_SUFFIX).is_file():
+        if not is_supervoxel_file(p):
             _refuse_intensity_image(label_map, p)
         label_map.warnings.extend(warnings)
         if like is not None and not geometry.matches(like):

@@ -17,7 +17,7 @@ from PySide6.QtCore import Qt
 
 from sd_fsmis import __version__
 from sd_fsmis.core.errors import GeometryMismatchError, UserError
-from sd_fsmis.core.io.labelmap import SUPERVOXELS_SIDECAR_SUFFIX, Label, labels_sidecar_path
+from sd_fsmis.core.io.labelmap import Label, is_supervoxel_file
 from sd_fsmis.core.session.layers import LabelLayer
 from sd_fsmis.core.session.study import Study
 from sd_fsmis.ui.workers.job_worker import JobWorker
@@ -110,8 +110,7 @@ class MaskFiles(QtCore.QObject):
         names, or the mask is supervoxels). Accepting renames them on the layer."""
         from sd_fsmis.ui.dialogs.label_names import LabelNamesDialog, unnamed
 
-        source = layer.source_path
-        if source and labels_sidecar_path(source, SUPERVOXELS_SIDECAR_SUFFIX).is_file():
+        if layer.source_path and is_supervoxel_file(layer.source_path):
             return None  # supervoxels: numbered regions, not structures to name
         values = unnamed(layer.labels, layer.label_map.present_labels())
         if not values:

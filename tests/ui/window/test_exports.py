@@ -11,31 +11,9 @@ import pytest
 import SimpleITK as sitk  # tests may; the ui code may not
 from PySide6 import QtWidgets
 
-from sd_fsmis.ui.application import make_application
 from sd_fsmis.ui.settings import AppSettings
-from sd_fsmis.ui.window.main_window import MainWindow
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path):
-    make_application()
-
-    def make(**options) -> MainWindow:
-        options.setdefault("settings", AppSettings())
-        options.setdefault("probe_device", False)
-        options.setdefault("save_settings", False)
-        options.setdefault("autosave_folder", tmp_path / "autosave")
-        window = MainWindow(None, **options)
-        window.confirm = lambda *_: True
-        qtbot.addWidget(window)
-        window.resize(1200, 800)
-        window.show()
-        qtbot.waitExposed(window)
-        return window
-
-    return make
 
 
 @pytest.fixture

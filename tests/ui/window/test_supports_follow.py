@@ -19,8 +19,6 @@ from sd_fsmis.core.session.state import Session
 from sd_fsmis.core.session.study import Study
 from sd_fsmis.core.session.support_choice import choose_supports, preferred_structure
 from sd_fsmis.core.volume import Volume, VolumeMetadata
-from sd_fsmis.ui.application import make_application
-from sd_fsmis.ui.settings import AppSettings
 from sd_fsmis.ui.window.main_window import MainWindow
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -48,23 +46,11 @@ def two_studies(liver_phantom) -> tuple[Session, Study, Study]:
 
 
 @pytest.fixture
-def window_with(qtbot, tmp_path):
-    make_application()
+def window_with(qtbot, make_window):
     windows = []
 
     def make(session: Session) -> MainWindow:
-        window = MainWindow(
-            session,
-            settings=AppSettings(),
-            probe_device=False,
-            save_settings=False,
-            autosave_folder=tmp_path / "autosave",
-        )
-        window.confirm = lambda *_: True
-        qtbot.addWidget(window)
-        window.resize(1400, 900)
-        window.show()
-        qtbot.waitExposed(window)
+        window = make_window(session)
         qtbot.waitUntil(lambda: not window.segment_panel.models_loading(), timeout=60_000)
         windows.append(window)
         return window
